@@ -1,0 +1,1 @@
+"""hrrl_jax: hierarchically robust representation learning in JAX."""
