@@ -1,0 +1,131 @@
+"""Pure train and eval steps: per-example losses and deep features in, robust weights, gradients and metrics out.
+
+Both are plain functions of (state, batch) with their collaborators bound by `functools.partial`; the loop
+jits them with `NamedSharding`s over the data-parallel mesh and donates the state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hrrl_jax import robust
+from hrrl_jax.train.objective import Objective
+from hrrl_jax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def per_example_losses(
+    params: Any, logits: jax.Array, features: jax.Array, labels: jax.Array, objective: Objective
+) -> jax.Array:
+    """Cross-entropy per example; under the `perturb` form, at the worst-case features of the linear head."""
+    if objective.perturb_gamma is None:
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    head = params["head"]
+    perturbed = robust.perturb_features(
+        features,
+        labels,
+        head["kernel"],
+        head["bias"],
+        gamma=objective.perturb_gamma,
+        steps=objective.perturb_steps,
+    )
+    robust_logits = perturbed @ head["kernel"].astype(jnp.float32) + head["bias"].astype(jnp.float32)
+    return optax.softmax_cross_entropy_with_integer_labels(robust_logits, labels)
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformationExtraArgs,
+    objective: Objective,
+    learning_rate_fn: optax.Schedule,
+    concept_of_class: np.ndarray,
+) -> tuple[TrainState, Metrics]:
+    """One SGD step on the (robustly) weighted mean loss of the global batch.
+
+    METHOD.md's algorithm: forward, example weights w_i from the adversary in the optimizer state (no
+    gradient through them), gradient of (1/m) Σ w_i ℓ_i, then `tx.update` advances both the parameters and the
+    adversary with the same per-example losses, labels and features.
+    """
+    images, labels = batch["image"], batch["label"]
+
+    def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array, jax.Array, jax.Array]]:
+        (logits, features), updated = model.apply(
+            {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
+        )
+        losses = per_example_losses(params, logits, features, labels, objective)
+        if objective.reweights:
+            weights = robust.loss_weights(
+                state.opt_state,
+                labels,
+                per_example_loss=jax.lax.stop_gradient(losses),
+                features=jax.lax.stop_gradient(features),
+            )
+        else:
+            weights = jnp.ones_like(losses)
+        return jnp.mean(weights * losses), (updated["batch_stats"], logits, features, losses, weights)
+
+    (loss, (batch_stats, logits, features, losses, weights)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True
+    )(state.params)
+    updates, opt_state = tx.update(
+        grads,
+        state.opt_state,
+        state.params,
+        per_example_loss=jax.lax.stop_gradient(losses),
+        labels=labels,
+        features=jax.lax.stop_gradient(features),
+    )
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
+    metrics = {
+        "loss": loss,
+        "unweighted_loss": jnp.mean(losses),
+        "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
+        "learning_rate": learning_rate_fn(state.step),
+        "grad_norm": optax.global_norm(grads),
+        "worst_concept_loss": worst_concept_loss(losses, labels, concept_of_class),
+    }
+    if objective.reweights:
+        metrics["concept_distribution"] = robust.concept_distribution(opt_state)
+        metrics.update({f"weight_{name}": value for name, value in robust.weight_stats(weights).items()})
+    return new_state, metrics
+
+
+def worst_concept_loss(losses: jax.Array, labels: jax.Array, concept_of_class: np.ndarray) -> jax.Array:
+    """The largest mean per-example loss over the concepts present in the batch (`concept_of_class`: numpy)."""
+    num_concepts = int(concept_of_class.max()) + 1
+    concepts = jnp.asarray(concept_of_class)[labels]
+    totals = jnp.zeros((num_concepts,), jnp.float32).at[concepts].add(losses)
+    counts = jnp.zeros((num_concepts,), jnp.float32).at[concepts].add(1.0)
+    means = jnp.where(counts > 0, totals / jnp.maximum(counts, 1.0), -jnp.inf)
+    return jnp.max(means)
+
+
+def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, num_classes: int) -> Metrics:
+    """Per-class correct and total counts (padding masked out) and the summed loss of one eval batch."""
+    logits, _ = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+    )
+    labels, mask = batch["label"], batch["mask"]
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * mask
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask
+    return {
+        "correct_per_class": jnp.zeros((num_classes,), jnp.float32).at[labels].add(correct),
+        "count_per_class": jnp.zeros((num_classes,), jnp.float32).at[labels].add(mask),
+        "loss_sum": jnp.sum(losses),
+    }
