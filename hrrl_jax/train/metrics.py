@@ -20,20 +20,22 @@ def to_python(value: Any) -> Any:
 
 
 class MetricWriter:
-    """Appends one JSON object per log step to `metrics.jsonl` and mirrors the scalars to TensorBoard.
+    """Appends one JSON object per log step to `metrics.jsonl` (`<prefix>_metrics.jsonl` for other prefixes
+    than "train", e.g. eval) and mirrors the scalars to TensorBoard under `<prefix>/`.
 
     Vector metrics (the concept distribution p) go to the JSON line as lists and to TensorBoard as one
     scalar per entry, named with `vector_names` where given (e.g. concept names).
     """
 
     def __init__(self, workdir: str, *, vector_names: Mapping[str, list[str]] | None = None):
-        self._path = os.path.join(workdir, "metrics.jsonl")
+        self._workdir = workdir
         self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
         self._vector_names = dict(vector_names or {})
 
     def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = "train") -> dict[str, Any]:
         record = {"step": int(step), **{name: to_python(value) for name, value in metrics.items()}}
-        with open(self._path, "a") as file:
+        filename = "metrics.jsonl" if prefix == "train" else f"{prefix}_metrics.jsonl"
+        with open(os.path.join(self._workdir, filename), "a") as file:
             file.write(json.dumps(record) + "\n")
         for name, value in record.items():
             if name == "step":

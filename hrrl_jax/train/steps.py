@@ -86,9 +86,10 @@ def train_step(
         labels=labels,
         features=jax.lax.stop_gradient(features),
     )
+    new_params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
         step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
+        params=new_params,
         batch_stats=batch_stats,
         opt_state=opt_state,
     )
@@ -98,8 +99,10 @@ def train_step(
         "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
         "learning_rate": learning_rate_fn(state.step),
         "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(new_params),
         "worst_concept_loss": worst_concept_loss(losses, labels, concept_of_class),
     }
+    metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["param_norm"])
     if objective.reweights:
         metrics["concept_distribution"] = robust.concept_distribution(opt_state)
         metrics.update({f"weight_{name}": value for name, value in robust.weight_stats(weights).items()})

@@ -1,0 +1,161 @@
+"""Builds everything a run needs from its config: data, mesh, model, optimizer chain, state, jitted steps.
+
+The trainer and the benchmarks both use `build_run`, so a benchmark times exactly the step that trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from hrrl_jax.data import ConceptHierarchy, DatasetInfo, InputPipeline, SplitData, load_split
+from hrrl_jax.models import create_model
+from hrrl_jax.train.objective import Objective, build_objective
+from hrrl_jax.train.optimizers import make_optimizer
+from hrrl_jax.train.sharding import data_parallel_mesh
+from hrrl_jax.train.state import TrainState, init_train_state
+from hrrl_jax.train.steps import eval_step, train_step
+
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class Run:
+    """The pieces of one training run, before any step is taken."""
+
+    info: DatasetInfo
+    hierarchy: ConceptHierarchy
+    concept_sizes: np.ndarray
+    train_pipeline: InputPipeline
+    eval_pipeline: InputPipeline
+    total_steps: int
+    model: Any
+    tx: optax.GradientTransformationExtraArgs
+    objective: Objective
+    learning_rate_fn: optax.Schedule
+    state: TrainState
+    data_sharding: jax.sharding.NamedSharding
+    jitted_train_step: Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
+    jitted_eval_step: Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]
+
+
+def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """The run's length in steps: `num_epochs` (when > 0) converted with the epoch size, else `total_steps`."""
+    if config.num_epochs > 0:
+        return int(math.ceil(config.num_epochs * steps_per_epoch))
+    if config.total_steps <= 0:
+        raise ValueError(f"config.total_steps={config.total_steps} must be positive (or set config.num_epochs).")
+    return int(config.total_steps)
+
+
+def load_data(config: ml_collections.ConfigDict) -> tuple[SplitData, SplitData]:
+    """The train and test splits named by `config.dataset`."""
+    dataset = config.dataset
+    kwargs = dict(
+        data_dir=dataset.data_dir or None,
+        exclude_classes=tuple(dataset.exclude_classes),
+        only_classes=tuple(dataset.only_classes),
+    )
+    return (
+        load_split(dataset.name, dataset.train_split, **kwargs),
+        load_split(dataset.name, dataset.test_split, **kwargs),
+    )
+
+
+def make_optimizer_chain(
+    config: ml_collections.ConfigDict, hierarchy: ConceptHierarchy, concept_sizes: np.ndarray, total_steps: int
+) -> tuple[optax.GradientTransformationExtraArgs, Objective, optax.Schedule]:
+    """The robust reweighting transform (if the method has one) chained before the base optimizer."""
+    base_optimizer, learning_rate_fn = make_optimizer(config, total_steps)
+    objective, reweighting = build_objective(config.robust, hierarchy.concept_of_class, concept_sizes)
+    transforms = [base_optimizer] if reweighting is None else [reweighting, base_optimizer]
+    return optax.chain(*transforms), objective, learning_rate_fn
+
+
+def build_run(
+    config: ml_collections.ConfigDict,
+    *,
+    devices: list[jax.Device] | None = None,
+    splits: tuple[SplitData, SplitData] | None = None,
+) -> Run:
+    """Everything for `config` on `devices` (default: all); `splits` skips loading when already in hand."""
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"config.precision={config.precision!r} is not known; choose one of {tuple(PRECISIONS)}.")
+    _, data_sharding, replicated = data_parallel_mesh(devices)
+    train_split, test_split = splits if splits is not None else load_data(config)
+    info = train_split.info
+    image_size = config.dataset.image_size or None
+    train_pipeline = InputPipeline(
+        train_split,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        train=True,
+        image_size=image_size,
+        augment=config.dataset.augment,
+        sharding=data_sharding,
+    )
+    eval_pipeline = InputPipeline(
+        test_split,
+        global_batch_size=config.eval_batch_size or config.batch_size,
+        seed=config.seed,
+        train=False,
+        image_size=image_size,
+        sharding=data_sharding,
+    )
+    total_steps = total_train_steps(config, train_pipeline.steps_per_epoch)
+    model = create_model(
+        config.model.name,
+        num_classes=info.num_classes,
+        width=config.model.width,
+        stem=config.model.stem,
+        dtype=PRECISIONS[config.precision],
+    )
+    concept_sizes = info.hierarchy.examples_per_concept(train_split.labels)
+    tx, objective, learning_rate_fn = make_optimizer_chain(config, info.hierarchy, concept_sizes, total_steps)
+    side = image_size or info.image_shape[0]
+    state = init_train_state(
+        model, tx, image_shape=(side, side, info.image_shape[2]), seed=config.seed, replicated=replicated
+    )
+    state_shardings = jax.tree_util.tree_map(lambda leaf: leaf.sharding, state)
+    jitted_train_step = jax.jit(
+        functools.partial(
+            train_step,
+            model=model,
+            tx=tx,
+            objective=objective,
+            learning_rate_fn=learning_rate_fn,
+            concept_of_class=np.asarray(info.hierarchy.concept_of_class),
+        ),
+        in_shardings=(state_shardings, data_sharding),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+    jitted_eval_step = jax.jit(
+        functools.partial(eval_step, model=model, num_classes=info.num_classes),
+        in_shardings=(state_shardings, data_sharding),
+        out_shardings=replicated,
+    )
+    return Run(
+        info=info,
+        hierarchy=info.hierarchy,
+        concept_sizes=concept_sizes,
+        train_pipeline=train_pipeline,
+        eval_pipeline=eval_pipeline,
+        total_steps=total_steps,
+        model=model,
+        tx=tx,
+        objective=objective,
+        learning_rate_fn=learning_rate_fn,
+        state=state,
+        data_sharding=data_sharding,
+        jitted_train_step=jitted_train_step,
+        jitted_eval_step=jitted_eval_step,
+    )

@@ -1,0 +1,44 @@
+"""Entry point: `python launch.py --config configs/<experiment>.py --workdir DIR [--config.key=value ...]`."""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir",
+    os.path.join(os.path.expanduser("~"), ".cache", "hrrl_jax", "xla"),
+    "Persistent XLA compilation cache ('' turns it off).",
+)
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host TPU/GPU: same command on every host)."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import jax
+
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
+    if _CACHE.value:
+        jax.config.update("jax_compilation_cache_dir", _CACHE.value)
+
+    from hrrl_jax.train.checkpoints import CheckpointError
+    from hrrl_jax.train.loop import NonFiniteLossError, train_and_evaluate
+
+    try:
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except (CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,60 @@
+"""Tiny configs and checkpoint readers shared by the trainer tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from configs import default  # noqa: E402
+
+TINY_OVERRIDES = {
+    "dataset.name": "digits",
+    "model.width": 4,
+    "batch_size": 32,
+    "total_steps": 12,
+    "log_every_steps": 3,
+    "checkpoint_every_steps": 100,
+    "optimizer.learning_rate": 0.05,
+}
+
+
+def tiny_config(**overrides):
+    """The default config shrunk to digits, a width-4 ResNet-18 and a few steps; `a__b=v` sets `a.b`."""
+    config = default.get_config()
+    for key, value in {**TINY_OVERRIDES, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def tiny_flags(**overrides) -> list[str]:
+    """The same tiny config as `--config.key=value` flags for launch.py."""
+    merged = {**TINY_OVERRIDES, **{k.replace("__", "."): v for k, v in overrides.items()}}
+    return [f"--config.{key}={value}" for key, value in merged.items()]
+
+
+def read_checkpoint_state(workdir: str, step: int) -> dict:
+    """The raw saved train state at `step` as nested dicts of numpy arrays (no template needed)."""
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    return ocp.PyTreeCheckpointer().restore(os.path.abspath(path))
+
+
+def assert_trees_equal(first, second) -> None:
+    """Bit-identical leaves, with the failing path in the message."""
+    import jax
+
+    flat_first = jax.tree_util.tree_leaves_with_path(first)
+    flat_second = jax.tree_util.tree_leaves(second)
+    assert len(flat_first) == len(flat_second)
+    for (path, a), b in zip(flat_first, flat_second):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))

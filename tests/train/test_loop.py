@@ -1,0 +1,85 @@
+"""The training loop in-process: bit-exact resume, 8 devices = 1 device, corrupt checkpoints, NaN losses."""
+
+import os
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from hrrl_jax.train.checkpoints import CheckpointError
+from hrrl_jax.train.loop import NonFiniteLossError, train_and_evaluate
+from hrrl_jax.train.run import build_run, load_data
+from tests.train.helpers import assert_trees_equal, read_checkpoint_state, tiny_config
+
+
+@pytest.mark.parametrize("method", ["erm", "hrrl"])
+def test_resume_is_bit_identical(tmp_path, method):
+    config = tiny_config(total_steps=8, robust__method=method)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train_and_evaluate(config, str(straight))
+    interrupted = train_and_evaluate(config, str(resumed), stop_at_step=4)
+    assert interrupted == {"step": 4, "interrupted": True}
+    assert not (resumed / "results.json").exists()
+    train_and_evaluate(config, str(resumed))
+    final_straight = read_checkpoint_state(str(straight), 8)
+    final_resumed = read_checkpoint_state(str(resumed), 8)
+    assert_trees_equal(final_straight, final_resumed)
+    if method == "hrrl":  # The adversary lives in the optimizer state and moved.
+        flat = jax.tree_util.tree_leaves(final_resumed["opt_state"])
+        assert any(np.asarray(leaf).dtype == np.float32 and np.asarray(leaf).ndim == 1 for leaf in flat)
+
+
+def test_eight_devices_match_one_device():
+    assert jax.device_count() == 8
+    config = tiny_config(robust__method="hrrl")
+    splits = load_data(config)
+    one = build_run(config, devices=jax.devices()[:1], splits=splits)
+    eight = build_run(config, devices=jax.devices(), splits=splits)
+    state_one, state_eight = one.state, eight.state
+    for step in range(3):
+        state_one, metrics_one = one.jitted_train_step(state_one, one.train_pipeline.global_batch(step))
+        state_eight, metrics_eight = eight.jitted_train_step(state_eight, eight.train_pipeline.global_batch(step))
+    assert len(jax.tree_util.tree_leaves(state_eight.params)[0].sharding.device_set) == 8
+    np.testing.assert_allclose(metrics_one["loss"], metrics_eight["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(state_one), jax.tree_util.tree_leaves(state_eight)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(tmp_path):
+    config = tiny_config(total_steps=4)
+    train_and_evaluate(config, str(tmp_path), stop_at_step=2)
+    step_dir = tmp_path / "checkpoints" / "2"
+    corrupted = 0
+    for root, _, files in os.walk(step_dir / "state"):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.getsize(path) > 0 and not name.endswith(".json"):
+                with open(path, "wb") as file:
+                    file.write(b"\x00garbage")
+                corrupted += 1
+    assert corrupted
+    before = sorted(os.listdir(step_dir / "state"))
+    with pytest.raises(CheckpointError, match="step 2.*Nothing was deleted"):
+        train_and_evaluate(config, str(tmp_path))
+    assert sorted(os.listdir(step_dir / "state")) == before
+
+
+def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
+    train_and_evaluate(tiny_config(total_steps=4), str(tmp_path), stop_at_step=2)
+    with pytest.raises(CheckpointError, match="step 2"):
+        train_and_evaluate(tiny_config(total_steps=4, model__width=8), str(tmp_path))
+    assert (tmp_path / "checkpoints" / "2").exists()
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(tmp_path):
+    config = tiny_config(total_steps=20, checkpoint_every_steps=1, optimizer__learning_rate=1e12)
+    config.optimizer.schedule = "constant"
+    with pytest.raises(NonFiniteLossError, match=r"at step (\d+)") as raised:
+        train_and_evaluate(config, str(tmp_path))
+    bad_step = int(re.search(r"at step (\d+)", str(raised.value)).group(1))
+    saved = sorted(int(name) for name in os.listdir(tmp_path / "checkpoints") if name.isdigit())
+    assert all(step < bad_step for step in saved)
+    if saved:
+        state = read_checkpoint_state(str(tmp_path), saved[-1])
+        assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(state["params"]))
