@@ -1,0 +1,41 @@
+"""hrrl_jax.robust: closed-form hierarchical (example- and concept-level) robust reweighting.
+
+A pure library core (imports only jax, numpy and optax): the closed-form worst cases of METHOD.md, the
+unbiased minibatch estimators, and the optax transform that runs the concept-level adversary.
+"""
+from hrrl_jax.robust.concept_level import DIVERGENCES, concept_best_response, default_cost
+from hrrl_jax.robust.estimators import concept_loss_estimate, weight_stats
+from hrrl_jax.robust.example_level import (
+    example_weights,
+    gamma_for_radius,
+    perturb_features,
+    within_class_coupling,
+)
+from hrrl_jax.robust.simplex import project_simplex
+from hrrl_jax.robust.transform import (
+    HierarchicalReweightingState,
+    ReweightingSettings,
+    concept_distribution,
+    find_reweighting_state,
+    hierarchical_reweighting,
+    loss_weights,
+)
+
+__all__ = [
+    "DIVERGENCES",
+    "HierarchicalReweightingState",
+    "ReweightingSettings",
+    "concept_best_response",
+    "concept_distribution",
+    "concept_loss_estimate",
+    "default_cost",
+    "example_weights",
+    "find_reweighting_state",
+    "gamma_for_radius",
+    "hierarchical_reweighting",
+    "loss_weights",
+    "perturb_features",
+    "project_simplex",
+    "weight_stats",
+    "within_class_coupling",
+]

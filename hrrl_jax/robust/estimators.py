@@ -1,0 +1,63 @@
+"""Minibatch estimators: the unbiased per-concept loss ``f̂`` and summary statistics of weights."""
+import jax
+import jax.numpy as jnp
+
+from hrrl_jax.robust._sharding import replicated
+
+
+def concept_loss_estimate(
+    per_example_loss: jax.Array,
+    labels: jax.Array,
+    concept_of_class: jax.Array,
+    concept_sizes: jax.Array,
+    weights: jax.Array | None = None,
+) -> jax.Array:
+    """Unbiased estimate of the per-concept losses from a uniform minibatch (METHOD.md step 5).
+
+    ``f̂_k = (1/m) Σ_{i∈B, c(y_i)=k} (N/n_k) · v_i ℓ_i`` with ``N = Σ_k n_k``. For a batch drawn
+    uniformly from the ``N`` training examples, ``E[f̂_k] = (1/n_k) Σ_{i: c(y_i)=k} v_i ℓ_i``, the
+    concept's mean loss. A concept absent from the batch contributes 0 (still unbiased); nothing is
+    divided by a batch count, so absent concepts never produce NaN.
+
+    Args:
+      per_example_loss: ``ℓ``, shape ``[m]``.
+      labels: integer class labels, shape ``[m]``.
+      concept_of_class: ``c``, integer ``[C]`` mapping class to concept in ``[0, K)``.
+      concept_sizes: ``n_k``, training examples per concept, shape ``[K]``, all positive.
+      weights: optional example weights ``v`` (``[m]``); default 1.
+
+    Returns:
+      float32 ``[K]`` estimate with stopped gradient.
+    """
+    loss = replicated(jnp.asarray(per_example_loss, jnp.float32))
+    labels = replicated(jnp.asarray(labels))
+    if loss.ndim != 1 or labels.shape != loss.shape:
+        raise ValueError(
+            f"expected per_example_loss [m] and labels [m], got shapes {loss.shape} and {labels.shape}."
+        )
+    concept_sizes = jnp.asarray(concept_sizes, jnp.float32)
+    concept = jnp.asarray(concept_of_class)[labels]
+    importance = jnp.sum(concept_sizes) / concept_sizes[concept]
+    weighted = importance * loss
+    if weights is not None:
+        weighted = weighted * replicated(jnp.asarray(weights, jnp.float32))
+    per_concept = jax.nn.one_hot(concept, concept_sizes.shape[0], dtype=jnp.float32) * weighted[:, None]
+    return jax.lax.stop_gradient(jnp.sum(per_concept, axis=0) / loss.shape[0])
+
+
+def weight_stats(weights: jax.Array) -> dict[str, jax.Array]:
+    """Summary statistics of per-example weights, as jit-friendly float32 scalars.
+
+    * ``ess``: normalised effective sample size ``(Σw)² / (m Σw²)`` in ``(0, 1]`` (1 = uniform).
+    * ``entropy``: ``−Σ p_i log p_i`` of ``p = w / Σw`` in nats, at most ``log m``.
+    * ``max_weight``: ``max_i w_i``.
+    All-zero weights give ``ess = entropy = 0`` rather than NaN.
+    """
+    weights = jnp.asarray(weights, jnp.float32)
+    total = jnp.sum(weights)
+    sum_of_squares = jnp.sum(weights**2)
+    has_mass = sum_of_squares > 0
+    ess = jnp.where(has_mass, total**2 / (weights.size * jnp.where(has_mass, sum_of_squares, 1.0)), 0.0)
+    share = weights / jnp.where(total > 0, total, 1.0)
+    entropy = -jnp.sum(jnp.where(share > 0, share * jnp.log(jnp.where(share > 0, share, 1.0)), 0.0))
+    return {"ess": ess, "entropy": entropy, "max_weight": jnp.max(weights)}

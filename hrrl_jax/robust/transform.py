@@ -1,0 +1,367 @@
+"""The hierarchical reweighting as an optax transform: the concept-level adversary lives in its state.
+
+Each step (METHOD.md, "the game in the SGD pipeline"): the loss function reads the per-example weights
+``w_i = p_t[c(y_i)] · N/n_{c(y_i)} · v_i`` from the optimizer state with :func:`loss_weights`, the
+optimizer steps on ``∇ (1/m) Σ_i w_i ℓ_i``, and ``update`` advances the adversary's running concept
+losses with the unbiased estimate ``f̂``. ``update`` returns the gradient updates unchanged, so the
+transform composes with any other optax transform in a chain.
+
+Where the static configuration lives: the state carries it as a *leafless* pytree node
+(``HierarchicalReweightingState.settings``, registered with ``jax.tree_util.register_static``). It is
+part of the tree structure, not of the leaves, so ``jit`` treats it as static (concept map and
+hyperparameters become compile-time constants), Orbax saves only the array leaves (the running losses
+and the step), sharding and ``device_put`` see only arrays, and :func:`loss_weights` can compute the
+weights from the optimizer state alone, wherever the transform sits in a nested state. Restore a
+checkpoint into a target built by the same transform, e.g. ``jax.eval_shape(tx.init, params)``.
+"""
+import dataclasses
+import math
+import numbers
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hrrl_jax.robust._sharding import replicated
+from hrrl_jax.robust.concept_level import DIVERGENCES, Divergence, concept_best_response
+from hrrl_jax.robust.estimators import concept_loss_estimate
+from hrrl_jax.robust.example_level import example_weights
+
+EXAMPLE_LEVELS = ("reweight", "none")
+ACCUMULATIONS = ("mean", "sum")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ReweightingSettings:
+    """Static configuration of a :func:`hierarchical_reweighting` transform (compared by identity)."""
+
+    concept_of_class: np.ndarray
+    concept_sizes: np.ndarray
+    prior: np.ndarray
+    divergence: Divergence
+    lam: float
+    cost: np.ndarray | None
+    temperature: float | None
+    example_level: Literal["reweight", "none"]
+    gamma: float
+    example_temperature: float
+    radius: float | None
+    step_offset: float
+    constant_step: float | None
+    accumulate: Literal["mean", "sum"]
+
+    @property
+    def num_concepts(self) -> int:
+        return self.concept_sizes.shape[0]
+
+
+jax.tree_util.register_static(ReweightingSettings)
+
+
+class HierarchicalReweightingState(NamedTuple):
+    """State of :func:`hierarchical_reweighting`.
+
+    Attributes:
+      concept_losses: the adversary's concept losses ``f̄`` (float32 ``[K]``): the running average of
+        ``f̂`` with ``accumulate="mean"``, their sum with ``accumulate="sum"``.
+      step: number of updates so far (int32 scalar).
+      settings: the static configuration (no array leaves; see the module docstring).
+    """
+
+    concept_losses: jax.Array
+    step: jax.Array
+    settings: ReweightingSettings
+
+
+def hierarchical_reweighting(
+    concept_of_class: Any,
+    concept_sizes: Any,
+    *,
+    divergence: Divergence = "l2",
+    lam: float = 1.0,
+    prior: Literal["uniform", "empirical"] | Any = "uniform",
+    cost: Any | None = None,
+    temperature: float | None = None,
+    example_level: Literal["reweight", "none"] = "reweight",
+    gamma: float = 1.0,
+    example_temperature: float = 1.0,
+    step_offset: float = 0.0,
+    constant_step: float | None = None,
+    accumulate: Literal["mean", "sum"] = "mean",
+    radius: float | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Hierarchically robust reweighting (HRRL objective as implemented here) as an optax transform.
+
+    Objective: ``min_θ max_{p∈Δ_K} Σ_k p_k R_k(θ) − λ D(p, q)`` with ``R_k`` the example-level
+    worst-case loss inside concept ``k``. The concept distribution is the closed-form best response
+    ``p_t = p*(f̄_t)`` (:func:`concept_best_response`) to the adversary's concept losses, updated by
+    dual averaging ``f̄_{t+1} = (1 − α_t) f̄_t + α_t f̂``, ``α_t = 1/(t + 1 + t0)`` (or a constant α),
+    with ``f̂`` the unbiased minibatch estimate (:func:`concept_loss_estimate`).
+
+    Special cases: ERM (``lam=inf``, ``prior="empirical"``, ``example_level="none"``: all weights 1),
+    EL (``divergence="none"``), CL (``example_level="none"``), HRRL (both). Group DRO (Sagawa et al.,
+    "Distributionally Robust Neural Networks", ICLR 2020): ``accumulate="sum"``, ``divergence="kl"``,
+    ``lam=1/η`` gives ``p ∝ q · exp(η Σ_s f̂_s)``, its exponentiated-gradient adversary on the concept
+    simplex, with one difference: ``f̂`` is the unbiased importance-weighted estimate, not Group DRO's
+    per-group batch mean.
+
+    ``update(updates, state, params=None, *, per_example_loss, labels, features=None, **extra_args)``
+    returns ``updates`` unchanged and advances the state; ``features`` is required with
+    ``example_level="reweight"``; unknown extra args are ignored. optax's chain passes the same extra
+    args to every member: since optax 0.2.7 a line search (``optax.scale_by_backtracking_linesearch``,
+    ``scale_by_zoom_linesearch``) in the same chain raises ``TypeError`` on extra args its ``value_fn``
+    does not accept, so give that ``value_fn`` ``**kwargs`` or keep the line search out of the chain.
+    ``optax.MultiSteps`` passes only the last micro-batch's extra args.
+
+    Args:
+      concept_of_class: ``c``: integer ``[C]``, concept id in ``[0, K)`` of each class.
+      concept_sizes: ``n_k``: training examples per concept, ``[K]``, all positive.
+      divergence: ``"l2"``, ``"kl"``, ``"wasserstein"`` or ``"none"`` (``p = q``).
+      lam: ``λ > 0``; ``inf`` gives ``p = q``. Smaller is a stronger concept-level adversary.
+      prior: ``q``: ``"uniform"``, ``"empirical"`` (``n_k/N``) or an explicit ``[K]`` distribution.
+      cost: ``[K, K]`` ground cost between concepts for ``"wasserstein"`` (default ``1 − I``).
+      temperature: ``τ_c`` for ``"wasserstein"`` (default 1.0).
+      example_level: ``"reweight"`` (within-class Wasserstein weights ``v``) or ``"none"`` (``v ≡ 1``).
+        The ``perturb`` form changes the loss, not the weights: apply :func:`perturb_features` inside
+        the loss, pass its per-example losses, and use ``"none"`` here.
+      gamma: ``γ > 0`` of the example level (``inf`` gives ``v ≡ 1``); replaced by ``radius`` if set.
+      example_temperature: ``τ_e > 0`` of the example level.
+      step_offset: ``t0 >= 0`` in ``α_t = 1/(t + 1 + t0)``.
+      constant_step: a constant ``α`` in ``(0, 1]`` instead (tracks non-stationary losses).
+      accumulate: ``"mean"`` (dual averaging) or ``"sum"`` (cumulative losses, Group DRO).
+      radius: optional Wasserstein budget ``ε`` of the example level (constraint form).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`HierarchicalReweightingState`.
+    """
+    settings = _validated_settings(
+        concept_of_class, concept_sizes, divergence=divergence, lam=lam, prior=prior, cost=cost,
+        temperature=temperature, example_level=example_level, gamma=gamma,
+        example_temperature=example_temperature, step_offset=step_offset, constant_step=constant_step,
+        accumulate=accumulate, radius=radius,
+    )
+
+    def init_fn(params: optax.Params) -> HierarchicalReweightingState:
+        del params
+        return HierarchicalReweightingState(
+            concept_losses=jnp.zeros((settings.num_concepts,), jnp.float32),
+            step=jnp.zeros((), jnp.int32),
+            settings=settings,
+        )
+
+    def update_fn(
+        updates: optax.Updates,
+        state: HierarchicalReweightingState,
+        params: optax.Params | None = None,
+        *,
+        per_example_loss: jax.Array | None = None,
+        labels: jax.Array | None = None,
+        features: jax.Array | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, HierarchicalReweightingState]:
+        del params, extra_args
+        _require_extra_args(settings, per_example_loss=per_example_loss, labels=labels, features=features)
+        estimate = concept_loss_estimate(
+            per_example_loss, labels, settings.concept_of_class, settings.concept_sizes,
+            weights=_example_level_weights(settings, per_example_loss, features, labels),
+        )
+        if settings.accumulate == "sum":
+            concept_losses = state.concept_losses + estimate
+        else:
+            if settings.constant_step is not None:
+                step_size = jnp.float32(settings.constant_step)
+            else:
+                step_size = 1.0 / (state.step.astype(jnp.float32) + 1.0 + settings.step_offset)
+            concept_losses = (1.0 - step_size) * state.concept_losses + step_size * estimate
+        return updates, state._replace(concept_losses=concept_losses, step=state.step + 1)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def find_reweighting_state(opt_state: Any) -> HierarchicalReweightingState:
+    """The single :class:`HierarchicalReweightingState` inside a (nested) optimizer state.
+
+    Searches the whole pytree, so it is found inside ``optax.chain`` tuples, ``optax.masked``,
+    ``optax.inject_hyperparams``, ``optax.MultiSteps`` and user containers alike.
+    """
+    found = [
+        node
+        for node in jax.tree_util.tree_leaves(
+            opt_state, is_leaf=lambda node: isinstance(node, HierarchicalReweightingState)
+        )
+        if isinstance(node, HierarchicalReweightingState)
+    ]
+    if len(found) != 1:
+        raise ValueError(
+            f"expected exactly one HierarchicalReweightingState in the optimizer state, found {len(found)}; "
+            "build the optimizer with exactly one hierarchical_reweighting(...) transform and pass its state."
+        )
+    return found[0]
+
+
+def concept_distribution(opt_state: Any) -> jax.Array:
+    """The adversary's current concept distribution ``p_t = p*(f̄_t)``, float32 ``[K]``."""
+    state = find_reweighting_state(opt_state)
+    settings = state.settings
+    return concept_best_response(
+        state.concept_losses, settings.prior, divergence=settings.divergence, lam=settings.lam,
+        cost=settings.cost, temperature=settings.temperature,
+    )
+
+
+def loss_weights(
+    opt_state: Any,
+    labels: jax.Array,
+    *,
+    per_example_loss: jax.Array | None = None,
+    features: jax.Array | None = None,
+) -> jax.Array:
+    """Per-example loss weights ``w_i = p_t[c(y_i)] · N/n_{c(y_i)} · v_i`` (METHOD.md step 3).
+
+    With a uniform minibatch, ``E_B[(1/m) Σ_i w_i ℓ_i] = Σ_k p_k R̂_k``: the gradient of the weighted
+    mean is an unbiased estimate of the robust objective's. Call it inside the loss function (it is
+    pure and jit-friendly); ``per_example_loss`` and ``features`` are needed with
+    ``example_level="reweight"``.
+
+    Returns:
+      float32 ``[m]`` weights with stopped gradient.
+    """
+    state = find_reweighting_state(opt_state)
+    settings = state.settings
+    _require_extra_args(settings, per_example_loss=per_example_loss, labels=labels, features=features,
+                        need_loss=settings.example_level == "reweight", caller="loss_weights")
+    labels = replicated(jnp.asarray(labels))
+    concept = jnp.asarray(settings.concept_of_class)[labels]
+    concept_sizes = jnp.asarray(settings.concept_sizes, jnp.float32)
+    weights = concept_distribution(opt_state)[concept] * (jnp.sum(concept_sizes) / concept_sizes[concept])
+    example_level = _example_level_weights(settings, per_example_loss, features, labels)
+    if example_level is not None:
+        weights = weights * example_level
+    return jax.lax.stop_gradient(weights.astype(jnp.float32))
+
+
+def _example_level_weights(
+    settings: ReweightingSettings, per_example_loss: jax.Array, features: jax.Array | None, labels: jax.Array
+) -> jax.Array | None:
+    """``v`` of METHOD.md step 1, or ``None`` for ``example_level="none"``."""
+    if settings.example_level == "none":
+        return None
+    if settings.radius is not None:
+        return example_weights(per_example_loss, features, labels, gamma=None,
+                               temperature=settings.example_temperature, radius=settings.radius)
+    return example_weights(per_example_loss, features, labels, gamma=settings.gamma,
+                           temperature=settings.example_temperature)
+
+
+def _require_extra_args(
+    settings: ReweightingSettings,
+    *,
+    per_example_loss: jax.Array | None,
+    labels: jax.Array | None,
+    features: jax.Array | None,
+    need_loss: bool = True,
+    caller: str = "hierarchical_reweighting update",
+) -> None:
+    """Raises at trace time, naming the missing argument, when a required one is ``None``."""
+    required = {"labels": labels}
+    if need_loss:
+        required["per_example_loss"] = per_example_loss
+    if settings.example_level == "reweight":
+        required["features"] = features
+    for name, value in required.items():
+        if value is None:
+            raise TypeError(
+                f"{caller} needs the argument `{name}` (example_level={settings.example_level!r}), got None. "
+                "Pass per_example_loss=[m] losses, labels=[m] class ids"
+                + (" and features=[m, D] deep features" if settings.example_level == "reweight" else "")
+                + ", e.g. tx.update(grads, opt_state, params, per_example_loss=..., labels=..., features=...)."
+            )
+
+
+def _validated_settings(concept_of_class: Any, concept_sizes: Any, **options: Any) -> ReweightingSettings:
+    """Checks every option and resolves the prior; raises ``ValueError`` saying what to change."""
+    concept_of_class = np.asarray(concept_of_class)
+    concept_sizes = np.asarray(concept_sizes, np.float64)
+    if concept_of_class.ndim != 1 or not np.issubdtype(concept_of_class.dtype, np.integer):
+        raise ValueError(f"concept_of_class must be a 1-D integer array [C], got dtype "
+                         f"{concept_of_class.dtype} and shape {concept_of_class.shape}.")
+    if concept_sizes.ndim != 1 or concept_sizes.size == 0 or not np.all(concept_sizes > 0):
+        raise ValueError(f"concept_sizes must be a non-empty 1-D array of positive counts n_k, got "
+                         f"{concept_sizes.tolist() if concept_sizes.size <= 20 else concept_sizes.shape}; "
+                         "drop or merge concepts without training examples.")
+    num_concepts = concept_sizes.shape[0]
+    if concept_of_class.size and (concept_of_class.min() < 0 or concept_of_class.max() >= num_concepts):
+        raise ValueError(f"concept_of_class must take values in [0, {num_concepts}) (one per concept size), "
+                         f"got values in [{concept_of_class.min()}, {concept_of_class.max()}].")
+    _check_choice("divergence", options["divergence"], DIVERGENCES)
+    if options["example_level"] == "perturb":
+        raise ValueError("example_level='perturb' changes the loss, not the weights: apply perturb_features "
+                         "inside the loss function, pass the robust per-example losses, and use "
+                         "example_level='none' here.")
+    _check_choice("example_level", options["example_level"], EXAMPLE_LEVELS)
+    _check_choice("accumulate", options["accumulate"], ACCUMULATIONS)
+    for name in ("lam", "gamma", "example_temperature"):
+        _check_positive_number(name, options[name])
+    for name in ("temperature", "radius"):
+        if options[name] is not None:
+            _check_positive_number(name, options[name])
+    if options["temperature"] is not None and options["divergence"] != "wasserstein":
+        raise ValueError(f"temperature (τ_c) only applies to divergence='wasserstein', got "
+                         f"divergence={options['divergence']!r}; leave temperature=None.")
+    if not (math.isfinite(options["step_offset"]) and options["step_offset"] >= 0):
+        raise ValueError(f"step_offset (t0) must be a finite number >= 0, got {options['step_offset']!r}.")
+    if options["constant_step"] is not None:
+        if not 0 < options["constant_step"] <= 1:
+            raise ValueError(f"constant_step must lie in (0, 1], got {options['constant_step']!r}.")
+        if options["accumulate"] == "sum":
+            raise ValueError("constant_step applies to accumulate='mean' only; got accumulate='sum'. "
+                             "Drop constant_step or use accumulate='mean'.")
+    cost = options.pop("cost")
+    if cost is not None:
+        if options["divergence"] != "wasserstein":
+            raise ValueError(f"cost only applies to divergence='wasserstein', got "
+                             f"divergence={options['divergence']!r}; leave cost=None.")
+        cost = np.asarray(cost, np.float32)
+        if cost.shape != (num_concepts, num_concepts) or not np.all(np.isfinite(cost)) or np.any(cost < 0):
+            raise ValueError(f"cost must be a finite non-negative [K, K] = [{num_concepts}, {num_concepts}] "
+                             f"matrix, got shape {cost.shape}.")
+    prior = _resolve_prior(options.pop("prior"), concept_sizes)
+    return ReweightingSettings(
+        concept_of_class=concept_of_class.astype(np.int32),
+        concept_sizes=concept_sizes.astype(np.float32),
+        prior=prior,
+        cost=cost,
+        lam=float(options.pop("lam")),
+        gamma=float(options.pop("gamma")),
+        example_temperature=float(options.pop("example_temperature")),
+        step_offset=float(options.pop("step_offset")),
+        **options,
+    )
+
+
+def _resolve_prior(prior: Any, concept_sizes: np.ndarray) -> np.ndarray:
+    """``q``: uniform, empirical ``n_k/N``, or a validated explicit distribution, as float32 ``[K]``."""
+    num_concepts = concept_sizes.shape[0]
+    if isinstance(prior, str):
+        if prior == "uniform":
+            return np.full((num_concepts,), 1.0 / num_concepts, np.float32)
+        if prior == "empirical":
+            return (concept_sizes / concept_sizes.sum()).astype(np.float32)
+        raise ValueError(f"prior must be 'uniform', 'empirical' or a [K] array, got {prior!r}.")
+    prior = np.asarray(prior, np.float64)
+    if prior.shape != (num_concepts,) or np.any(prior < 0) or not np.isclose(prior.sum(), 1.0, atol=1e-5):
+        raise ValueError(f"an explicit prior must be a non-negative [K] = [{num_concepts}] array summing to 1, "
+                         f"got shape {prior.shape} and sum {prior.sum():.6g}; normalise it.")
+    return prior.astype(np.float32)
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
+
+
+def _check_positive_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be a number > 0 (inf allowed), got {value!r}.")
