@@ -3,6 +3,7 @@
 For concept losses ``f ∈ R^K``, a prior ``q`` on the simplex and a penalty ``λ > 0``, each function
 returns the exact maximiser of ``⟨p, f⟩ − λ·D(p, q)`` over the simplex (METHOD.md, concept level).
 """
+import functools
 from typing import Literal
 
 import jax
@@ -68,6 +69,23 @@ def concept_best_response(
             f"prior has shape {prior.shape} but the concept losses have {concept_losses.shape[-1]} "
             "concepts on their last axis; pass one prior entry per concept."
         )
+    if divergence == "wasserstein":
+        temperature = DEFAULT_CONCEPT_TEMPERATURE if temperature is None else temperature
+        _check_positive("temperature", temperature)
+    return _best_response(concept_losses, prior, lam, cost, temperature, divergence=divergence)
+
+
+@functools.partial(jax.jit, static_argnames=("divergence",))
+def _best_response(
+    concept_losses: jax.Array,
+    prior: jax.Array,
+    lam: float | jax.Array,
+    cost: jax.Array | None,
+    temperature: float | jax.Array | None,
+    *,
+    divergence: Divergence,
+) -> jax.Array:
+    """The closed forms of :func:`concept_best_response`, compiled once per divergence and shape."""
     lam = jnp.asarray(lam, jnp.float32)
     if divergence == "none":
         return jnp.broadcast_to(prior, concept_losses.shape)
@@ -83,7 +101,7 @@ def _wasserstein_best_response(
     prior: jax.Array,
     lam: jax.Array,
     cost: jax.Array | None,
-    temperature: float | jax.Array | None,
+    temperature: float | jax.Array,
 ) -> jax.Array:
     """``p_l = Σ_k q_k softmax_l((f_l − λ M_kl) / τ_c)``, safe for ``λ = inf`` (no ``inf·0``)."""
     num_concepts = concept_losses.shape[-1]
@@ -92,8 +110,6 @@ def _wasserstein_best_response(
         raise ValueError(
             f"cost must be a [K, K] = [{num_concepts}, {num_concepts}] matrix, got shape {cost.shape}."
         )
-    temperature = DEFAULT_CONCEPT_TEMPERATURE if temperature is None else temperature
-    _check_positive("temperature", temperature)
     penalty = jnp.where(cost == 0, 0.0, lam * cost)
     scores = (concept_losses[..., None, :] - penalty) / jnp.asarray(temperature, jnp.float32)
     transport = jax.nn.softmax(scores, axis=-1)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 from hrrl_jax.robust._sharding import replicated
 
 
+@jax.jit
 def concept_loss_estimate(
     per_example_loss: jax.Array,
     labels: jax.Array,
@@ -45,6 +46,7 @@ def concept_loss_estimate(
     return jax.lax.stop_gradient(jnp.sum(per_concept, axis=0) / loss.shape[0])
 
 
+@jax.jit
 def weight_stats(weights: jax.Array) -> dict[str, jax.Array]:
     """Summary statistics of per-example weights, as jit-friendly float32 scalars.
 

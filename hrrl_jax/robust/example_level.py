@@ -5,6 +5,8 @@ The ground cost moves mass only between examples of the same class, in deep-feat
 (Sinha, Namkoong, Duchi, "Certifying Some Distributional Robustness with Principled Adversarial
 Training", ICLR 2018). See METHOD.md, example level.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -14,6 +16,7 @@ LOG_GAMMA_RANGE = (-12.0, 24.0)
 DEFAULT_BISECTION_STEPS = 40
 
 
+@jax.jit
 def within_class_coupling(
     per_example_loss: jax.Array,
     features: jax.Array,
@@ -45,6 +48,7 @@ def within_class_coupling(
     return row_softmax / group_size
 
 
+@jax.jit
 def example_weights(
     per_example_loss: jax.Array,
     features: jax.Array,
@@ -87,6 +91,7 @@ def example_weights(
     return jax.lax.stop_gradient(jnp.sum(row_softmax, axis=0))
 
 
+@functools.partial(jax.jit, static_argnames=("bisection_steps",))
 def gamma_for_radius(
     per_example_loss: jax.Array,
     features: jax.Array,
@@ -109,11 +114,14 @@ def gamma_for_radius(
     radius = jnp.asarray(radius, jnp.float32)
     _, same_class, sq_distance = _row_softmax(per_example_loss, features, labels, 0.0, temperature)
     group_size = jnp.sum(same_class, axis=1)
+    # Every member reads its group's cost from the group's first member, so all members of a group
+    # take the same bisection decisions bit for bit.
+    first_member = jnp.argmax(same_class, axis=1)
 
     def group_moved_cost(gamma_per_row: jax.Array) -> jax.Array:
         row_softmax, _, _ = _row_softmax(per_example_loss, features, labels, gamma_per_row, temperature)
         moved_per_row = jnp.sum(row_softmax * sq_distance, axis=1)
-        return (same_class.astype(jnp.float32) @ moved_per_row) / group_size
+        return ((same_class.astype(jnp.float32) @ moved_per_row) / group_size)[first_member]
 
     def bisect(bounds: tuple[jax.Array, jax.Array], _) -> tuple[tuple[jax.Array, jax.Array], None]:
         low, high = bounds
@@ -129,6 +137,7 @@ def gamma_for_radius(
     return jax.lax.stop_gradient(jnp.where(within_budget_unpenalised, 0.0, gamma))
 
 
+@functools.partial(jax.jit, static_argnames=("steps",))
 def perturb_features(
     features: jax.Array,
     labels: jax.Array,
@@ -160,6 +169,7 @@ def perturb_features(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}.")
+    features = jnp.asarray(features)
     clean = jax.lax.stop_gradient(jnp.asarray(features, jnp.float32))
     kernel = jax.lax.stop_gradient(jnp.asarray(kernel, jnp.float32))
     bias = jax.lax.stop_gradient(jnp.asarray(bias, jnp.float32))

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 
 
+@jax.jit
 def project_simplex(v: jax.Array) -> jax.Array:
     """Projects ``v`` onto the probability simplex along its last axis, batched over leading axes.
 
@@ -18,12 +19,15 @@ def project_simplex(v: jax.Array) -> jax.Array:
       float32 array of the shape of ``v`` whose last axis lies on the simplex.
     """
     v = jnp.asarray(v, jnp.float32)
+    # The projection commutes with adding a constant; shifting the maximum to 0 keeps the cumulative
+    # sums over the support small, so float32 stays exact-enough even for |v| ~ 1e6 and more.
+    v = v - jnp.max(v, axis=-1, keepdims=True)
     num_entries = v.shape[-1]
     sorted_desc = -jnp.sort(-v, axis=-1)
     cumulative = jnp.cumsum(sorted_desc, axis=-1) - 1.0
     ranks = jnp.arange(1, num_entries + 1, dtype=jnp.float32)
     in_support = sorted_desc - cumulative / ranks > 0
-    # The largest entry is always in the support; the floor guards float32 round-off at huge |v|.
-    support_size = jnp.maximum(jnp.sum(in_support, axis=-1, keepdims=True), 1)
+    # The largest entry is always in the support.
+    support_size = jnp.sum(in_support, axis=-1, keepdims=True)
     threshold = jnp.take_along_axis(cumulative, support_size - 1, axis=-1) / support_size
     return jnp.maximum(v - threshold, 0.0)
