@@ -1,0 +1,119 @@
+"""`load_split`: data sets by name, their appearance-shifted variants, sub-splits and class filters.
+
+Names: the base data sets of KNOWN_DATASETS and `<base>_shift/<shift>` for each shift of KNOWN_SHIFTS
+(e.g. `fashion_mnist_shift/lowres4`: the base split with every image down-sampled by 4 and restored).
+Splits: a split name (`train`, `test`) optionally sliced as in TFDS, `train[:90%]`, `train[54000:]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from hrrl_jax.data import loaders
+from hrrl_jax.data.shifts import KNOWN_SHIFTS, apply_shift
+from hrrl_jax.data.split_data import SplitData
+
+SHIFT_SEED = 0
+_SHIFT_MARKER = "_shift/"
+_BASE_LOADERS: dict[str, Callable[[str, str | None], SplitData]] = {
+    "fashion_mnist": loaders.load_fashion_mnist,
+    "digits": loaders.load_digits,
+    "cifar10": loaders.load_cifar10,
+    "cifar100": loaders.load_cifar100,
+    "imagenet2012": loaders.load_imagenet,
+}
+KNOWN_DATASETS: tuple[str, ...] = tuple(_BASE_LOADERS)
+_READ_ON_DEMAND = frozenset({"imagenet2012"})
+_SPLIT_PATTERN = re.compile(r"^(?P<split>\w+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
+
+
+def _known_names() -> str:
+    shifted = [f"{base}{_SHIFT_MARKER}{shift}" for base in KNOWN_DATASETS for shift in KNOWN_SHIFTS]
+    return ", ".join((*KNOWN_DATASETS, *shifted))
+
+
+def _slice_bound(bound: str | None, size: int) -> int | None:
+    if bound is None:
+        return None
+    if bound.endswith("%"):
+        return round(int(bound[:-1]) * size / 100)
+    return int(bound)
+
+
+def _with_shift(base: SplitData, name: str, shift: str, *, on_demand: bool) -> SplitData:
+    """The base split with `apply_shift` on every image: per batch read for data sets read on demand,
+    else the whole split once (the same values, as the noise is drawn per example)."""
+    info = dataclasses.replace(base.info, name=name)
+    if on_demand:
+        return SplitData(info, base.labels, lambda indices: apply_shift(
+            base.get_images(indices), shift, seed=SHIFT_SEED, example_ids=indices))
+    everything = np.arange(len(base))
+    shifted = apply_shift(base.get_images(everything), shift, seed=SHIFT_SEED, example_ids=everything)
+    return SplitData.from_arrays(info, shifted, base.labels)
+
+
+def _kept_classes(num_classes: int, exclude_classes: Sequence[int],
+                  only_classes: Sequence[int]) -> list[int]:
+    for argument, classes in (("exclude_classes", exclude_classes), ("only_classes", only_classes)):
+        bad = [c for c in classes if not 0 <= int(c) < num_classes]
+        if bad:
+            raise ValueError(f"{argument} has classes {bad} outside [0, {num_classes}).")
+    excluded = {int(c) for c in exclude_classes}
+    candidates = [int(c) for c in only_classes] if len(only_classes) else range(num_classes)
+    kept = [c for c in candidates if c not in excluded]
+    if not kept:
+        raise ValueError(f"no class left: only_classes={list(only_classes)}, "
+                         f"exclude_classes={list(exclude_classes)}.")
+    return kept
+
+
+def _with_classes(split_data: SplitData, kept: list[int]) -> SplitData:
+    """The examples of the kept classes, relabelled to their position in `kept`."""
+    info = split_data.info
+    new_label = np.full(info.num_classes, -1, dtype=np.int32)
+    new_label[kept] = np.arange(len(kept), dtype=np.int32)
+    in_range = (split_data.labels >= 0) & (split_data.labels < info.num_classes)
+    rows = np.flatnonzero(in_range & np.isin(split_data.labels, kept))
+    hierarchy = info.hierarchy.restricted_to(kept)
+    new_info = dataclasses.replace(info, num_classes=len(kept), hierarchy=hierarchy)
+    return split_data.select(rows, labels=new_label[split_data.labels[rows]], info=new_info)
+
+
+def load_split(name: str, split: str, *, data_dir: str | None = None,
+               exclude_classes: Sequence[int] = (), only_classes: Sequence[int] = ()) -> SplitData:
+    """Loads one split of a named data set.
+
+    Args:
+      name: a base data set (KNOWN_DATASETS) or `<base>_shift/<shift>` (KNOWN_SHIFTS).
+      split: `train` or `test` (ImageNet: `test` means `validation`), optionally sliced: `train[:90%]`.
+      data_dir: the TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
+      exclude_classes: classes to leave out.
+      only_classes: classes to keep (default all), in the order of their new labels.
+        The kept classes are relabelled 0..K-1 and the hierarchy restricted to them.
+
+    Returns:
+      The split's SplitData.
+    """
+    base_name, _, shift = name.partition(_SHIFT_MARKER)
+    if base_name not in _BASE_LOADERS or (_SHIFT_MARKER in name and shift not in KNOWN_SHIFTS):
+        raise ValueError(f"unknown data set {name!r}; known: {_known_names()}.")
+    match = _SPLIT_PATTERN.match(split)
+    if match is None:
+        raise ValueError(f"cannot parse split {split!r}; use e.g. 'train', 'test' or 'train[:90%]'.")
+    split_data = _BASE_LOADERS[base_name](match["split"], data_dir)
+    if match["start"] is not None or match["stop"] is not None:
+        size = len(split_data)
+        rows = np.arange(size)[slice(_slice_bound(match["start"], size), _slice_bound(match["stop"], size))]
+        if not rows.size:
+            raise ValueError(f"split {split!r} of {name} is empty ({size} examples in {match['split']!r}).")
+        split_data = split_data.select(rows)
+    if shift:
+        split_data = _with_shift(split_data, name, shift, on_demand=base_name in _READ_ON_DEMAND)
+    if len(exclude_classes) or len(only_classes):
+        split_data = _with_classes(split_data, _kept_classes(split_data.info.num_classes,
+                                                             exclude_classes, only_classes))
+    return split_data

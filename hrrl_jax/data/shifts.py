@@ -1,0 +1,82 @@
+"""Appearance shifts for the example-level transfer targets: deterministic numpy/scipy image transforms.
+
+Each shift keeps the concepts and changes the look of the images (METHOD.md, evaluation protocol):
+  lowres2, lowres4  down-sample by k (mean over k x k blocks), then restore the size (bilinear);
+  rotate30          rotate by 30 degrees about the centre (bilinear, black corners);
+  blur              Gaussian blur with sigma = 1 pixel;
+  noise             additive Gaussian noise with std 0.1 of the range (25.5 grey levels), clipped.
+The output is uint8 NHWC of the input's shape, the same for the same input and seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.ndimage
+
+_NOISE_STD = 0.1 * 255.0
+
+
+def _restore_low_resolution(images: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor blocks (edges padded by replication), then bilinear back to H x W."""
+    n, height, width, channels = images.shape
+    pad_h, pad_w = (-height) % factor, (-width) % factor
+    padded = np.pad(images.astype(np.float32), ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    low_h, low_w = padded.shape[1] // factor, padded.shape[2] // factor
+    low = padded.reshape(n, low_h, factor, low_w, factor, channels).mean(axis=(2, 4))
+    zoom = (1.0, height / low_h, width / low_w, 1.0)
+    return scipy.ndimage.zoom(low, zoom, order=1, mode="nearest", grid_mode=True)
+
+
+def _rotate(images: np.ndarray, degrees: float) -> np.ndarray:
+    return scipy.ndimage.rotate(images.astype(np.float32), degrees, axes=(2, 1), reshape=False,
+                                order=1, mode="constant", cval=0.0)
+
+
+def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
+    return scipy.ndimage.gaussian_filter(images.astype(np.float32), sigma=(0, sigma, sigma, 0),
+                                         mode="nearest")
+
+
+_DETERMINISTIC_SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "lowres2": lambda images: _restore_low_resolution(images, 2),
+    "lowres4": lambda images: _restore_low_resolution(images, 4),
+    "rotate30": lambda images: _rotate(images, 30.0),
+    "blur": lambda images: _blur(images, 1.0),
+}
+
+KNOWN_SHIFTS: tuple[str, ...] = (*_DETERMINISTIC_SHIFTS, "noise")
+
+
+def apply_shift(images: np.ndarray, shift: str, *, seed: int,
+                example_ids: np.ndarray | None = None) -> np.ndarray:
+    """Applies the appearance shift `shift` to uint8 NHWC images.
+
+    Args:
+      images: uint8 [N, H, W, C].
+      shift: one of KNOWN_SHIFTS.
+      seed: seed of the random shifts (`noise`); the others ignore it.
+      example_ids: int [N], the identity of each row for the noise draw (default 0..N-1). Row r gets
+        the noise of `np.random.default_rng([seed, example_ids[r]])`, so a split shifted whole or in
+        batches gets the same values.
+
+    Returns:
+      uint8 [N, H, W, C], rounded and clipped to [0, 255].
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"apply_shift expects uint8 images [N, H, W, C]; got {images.dtype} "
+                         f"of shape {images.shape}.")
+    if shift == "noise":
+        ids = np.arange(len(images)) if example_ids is None else np.asarray(example_ids)
+        if ids.shape != (len(images),):
+            raise ValueError(f"example_ids has shape {ids.shape}; expected ({len(images)},).")
+        noise = np.stack([np.random.default_rng([seed, int(i)]).normal(0.0, _NOISE_STD, images.shape[1:])
+                          for i in ids]) if len(images) else np.zeros(images.shape)
+        shifted = images.astype(np.float32) + noise.astype(np.float32)
+    elif shift in _DETERMINISTIC_SHIFTS:
+        shifted = _DETERMINISTIC_SHIFTS[shift](images)
+    else:
+        raise ValueError(f"unknown shift {shift!r}; known shifts: {', '.join(KNOWN_SHIFTS)}.")
+    return np.clip(np.rint(shifted), 0, 255).astype(np.uint8)
