@@ -62,7 +62,7 @@ def train_and_evaluate(
     write_config(config, workdir)
     is_main_process = jax.process_index() == 0
     run = build_run(config)
-    state, hierarchy, info = run.state, run.hierarchy, run.info
+    state, hierarchy, info = run.trainer.state, run.hierarchy, run.info
     total_steps = run.total_steps
 
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
@@ -71,7 +71,7 @@ def train_and_evaluate(
         state, _ = checkpointer.restore(checkpointer.latest_step(), abstract_train_state(state))
         start_step = int(jax.device_get(state.step))
         print(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}.", flush=True)
-    jitted_train_step, jitted_eval_step = run.jitted_train_step, run.jitted_eval_step
+    jitted_train_step, jitted_eval_step = run.trainer.jitted_train_step, run.trainer.jitted_eval_step
     train_pipeline, eval_pipeline = run.train_pipeline, run.eval_pipeline
 
     def evaluate(state: TrainState) -> dict[str, Any]:

@@ -28,6 +28,20 @@ PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass
+class Trainer:
+    """The model, optimizer chain, initial state and jitted steps of a run (what the benchmarks time)."""
+
+    model: Any
+    tx: optax.GradientTransformationExtraArgs
+    objective: Objective
+    learning_rate_fn: optax.Schedule
+    state: TrainState
+    data_sharding: jax.sharding.NamedSharding
+    jitted_train_step: Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
+    jitted_eval_step: Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]
+
+
+@dataclasses.dataclass
 class Run:
     """The pieces of one training run, before any step is taken."""
 
@@ -37,14 +51,7 @@ class Run:
     train_pipeline: InputPipeline
     eval_pipeline: InputPipeline
     total_steps: int
-    model: Any
-    tx: optax.GradientTransformationExtraArgs
-    objective: Objective
-    learning_rate_fn: optax.Schedule
-    state: TrainState
-    data_sharding: jax.sharding.NamedSharding
-    jitted_train_step: Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]
-    jitted_eval_step: Callable[[TrainState, dict[str, jax.Array]], dict[str, jax.Array]]
+    trainer: Trainer
 
 
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -80,37 +87,18 @@ def make_optimizer_chain(
     return optax.chain(*transforms), objective, learning_rate_fn
 
 
-def build_run(
+def build_trainer(
     config: ml_collections.ConfigDict,
+    info: DatasetInfo,
+    concept_sizes: np.ndarray,
     *,
+    total_steps: int,
     devices: list[jax.Device] | None = None,
-    splits: tuple[SplitData, SplitData] | None = None,
-) -> Run:
-    """Everything for `config` on `devices` (default: all); `splits` skips loading when already in hand."""
+) -> Trainer:
+    """Model, optimizer chain, state and jitted steps for data described by `info` on `devices` (default: all)."""
     if config.precision not in PRECISIONS:
         raise ValueError(f"config.precision={config.precision!r} is not known; choose one of {tuple(PRECISIONS)}.")
     _, data_sharding, replicated = data_parallel_mesh(devices)
-    train_split, test_split = splits if splits is not None else load_data(config)
-    info = train_split.info
-    image_size = config.dataset.image_size or None
-    train_pipeline = InputPipeline(
-        train_split,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        train=True,
-        image_size=image_size,
-        augment=config.dataset.augment,
-        sharding=data_sharding,
-    )
-    eval_pipeline = InputPipeline(
-        test_split,
-        global_batch_size=config.eval_batch_size or config.batch_size,
-        seed=config.seed,
-        train=False,
-        image_size=image_size,
-        sharding=data_sharding,
-    )
-    total_steps = total_train_steps(config, train_pipeline.steps_per_epoch)
     model = create_model(
         config.model.name,
         num_classes=info.num_classes,
@@ -118,9 +106,8 @@ def build_run(
         stem=config.model.stem,
         dtype=PRECISIONS[config.precision],
     )
-    concept_sizes = info.hierarchy.examples_per_concept(train_split.labels)
     tx, objective, learning_rate_fn = make_optimizer_chain(config, info.hierarchy, concept_sizes, total_steps)
-    side = image_size or info.image_shape[0]
+    side = config.dataset.image_size or info.image_shape[0]
     state = init_train_state(
         model, tx, image_shape=(side, side, info.image_shape[2]), seed=config.seed, replicated=replicated
     )
@@ -143,13 +130,7 @@ def build_run(
         in_shardings=(state_shardings, data_sharding),
         out_shardings=replicated,
     )
-    return Run(
-        info=info,
-        hierarchy=info.hierarchy,
-        concept_sizes=concept_sizes,
-        train_pipeline=train_pipeline,
-        eval_pipeline=eval_pipeline,
-        total_steps=total_steps,
+    return Trainer(
         model=model,
         tx=tx,
         objective=objective,
@@ -158,4 +139,46 @@ def build_run(
         data_sharding=data_sharding,
         jitted_train_step=jitted_train_step,
         jitted_eval_step=jitted_eval_step,
+    )
+
+
+def build_run(
+    config: ml_collections.ConfigDict,
+    *,
+    devices: list[jax.Device] | None = None,
+    splits: tuple[SplitData, SplitData] | None = None,
+) -> Run:
+    """Data, pipelines and trainer for `config` on `devices` (default: all); `splits` skips loading."""
+    _, data_sharding, _ = data_parallel_mesh(devices)
+    train_split, test_split = splits if splits is not None else load_data(config)
+    info = train_split.info
+    image_size = config.dataset.image_size or None
+    train_pipeline = InputPipeline(
+        train_split,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        train=True,
+        image_size=image_size,
+        augment=config.dataset.augment,
+        sharding=data_sharding,
+    )
+    eval_pipeline = InputPipeline(
+        test_split,
+        global_batch_size=config.eval_batch_size or config.batch_size,
+        seed=config.seed,
+        train=False,
+        image_size=image_size,
+        sharding=data_sharding,
+    )
+    total_steps = total_train_steps(config, train_pipeline.steps_per_epoch)
+    concept_sizes = info.hierarchy.examples_per_concept(train_split.labels)
+    trainer = build_trainer(config, info, concept_sizes, total_steps=total_steps, devices=devices)
+    return Run(
+        info=info,
+        hierarchy=info.hierarchy,
+        concept_sizes=concept_sizes,
+        train_pipeline=train_pipeline,
+        eval_pipeline=eval_pipeline,
+        total_steps=total_steps,
+        trainer=trainer,
     )

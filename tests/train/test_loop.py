@@ -36,10 +36,13 @@ def test_eight_devices_match_one_device():
     splits = load_data(config)
     one = build_run(config, devices=jax.devices()[:1], splits=splits)
     eight = build_run(config, devices=jax.devices(), splits=splits)
-    state_one, state_eight = one.state, eight.state
+    state_one, state_eight = one.trainer.state, eight.trainer.state
     for step in range(3):
-        state_one, metrics_one = one.jitted_train_step(state_one, one.train_pipeline.global_batch(step))
-        state_eight, metrics_eight = eight.jitted_train_step(state_eight, eight.train_pipeline.global_batch(step))
+        state_one, metrics_one = one.trainer.jitted_train_step(state_one, one.train_pipeline.global_batch(step))
+        state_eight, metrics_eight = eight.trainer.jitted_train_step(
+            state_eight, eight.train_pipeline.global_batch(step)
+        )
+    assert eight.trainer.jitted_train_step._cache_size() == 1  # Compiled once, never retraced.
     assert len(jax.tree_util.tree_leaves(state_eight.params)[0].sharding.device_set) == 8
     np.testing.assert_allclose(metrics_one["loss"], metrics_eight["loss"], rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(state_one), jax.tree_util.tree_leaves(state_eight)):

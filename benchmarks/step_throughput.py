@@ -1,0 +1,206 @@
+"""Times the package's real jitted train step for each robust method, or the input pipeline alone.
+
+    python benchmarks/step_throughput.py --model resnet50 --image-size 224 --batch-size 256 \
+        --precision bfloat16 --methods erm,el,cl,hrrl --json OUT.json
+    python benchmarks/step_throughput.py --mode input --batch-size 256
+
+Step mode builds each method with `hrrl_jax.train.run.build_trainer` (the function the trainer uses), feeds
+one synthetic batch already on the devices, excludes compilation and warm-up, and reports the median over
+several timed windows (each ended by `block_until_ready`). Input mode times the Fashion-MNIST input
+pipeline with augmentation on the host, to tell whether input or compute bounds a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from configs import base  # noqa: E402
+from hrrl_jax.data import DatasetInfo, InputPipeline, load_split  # noqa: E402
+from hrrl_jax.data.hierarchy import cifar100_hierarchy, fashion_mnist_hierarchy, imagenet_hierarchy  # noqa: E402
+from hrrl_jax.models import count_flops  # noqa: E402
+from hrrl_jax.train.run import build_trainer  # noqa: E402
+
+HIERARCHIES = {"imagenet2012": imagenet_hierarchy, "cifar100": cifar100_hierarchy, "fashion_mnist": fashion_mnist_hierarchy}
+# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets (SXM parts), for MFU.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5e": 197e12}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=("step", "input"), default="step")
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="bfloat16")
+    parser.add_argument("--labels-like", choices=tuple(HIERARCHIES), default="imagenet2012",
+                        help="Classes and concept hierarchy of the synthetic labels.")
+    parser.add_argument("--methods", default="erm,el,cl,hrrl")
+    parser.add_argument("--windows", type=int, default=5, help="Timed windows; the median is reported.")
+    parser.add_argument("--steps-per-window", type=int, default=10)
+    parser.add_argument("--warmup-steps", type=int, default=3)
+    parser.add_argument("--input-steps", type=int, default=100, help="Batches timed in input mode.")
+    parser.add_argument("--json", default="", help="Also write the rows and the set-up to this JSON file.")
+    return parser.parse_args(argv)
+
+
+def method_config(args: argparse.Namespace, method: str):
+    """The base config with the benchmark's model, batch and method; HRRL = reweight + l2."""
+    config = base.get_config()
+    config.model.name, config.model.width, config.model.stem = args.model, args.width, "auto"
+    config.batch_size, config.precision = args.batch_size, args.precision
+    config.dataset.image_size = args.image_size
+    config.robust.method = method
+    config.robust.divergence, config.robust.example_level = "l2", "reweight"
+    return config
+
+
+def synthetic_setup(args: argparse.Namespace) -> tuple[DatasetInfo, np.ndarray]:
+    """DatasetInfo and per-concept example counts for labels like `--labels-like`, at the benchmark's size."""
+    hierarchy = HIERARCHIES[args.labels_like]()
+    channels = 1 if args.labels_like == "fashion_mnist" else 3
+    info = DatasetInfo(
+        name=f"synthetic_{args.labels_like}",
+        num_classes=hierarchy.num_classes,
+        image_shape=(args.image_size, args.image_size, channels),
+        hierarchy=hierarchy,
+        mean=(0.0,) * channels,
+        std=(1.0,) * channels,
+    )
+    concept_sizes = np.bincount(hierarchy.concept_of_class, minlength=hierarchy.num_concepts) * 1000
+    return info, concept_sizes
+
+
+def device_peak_flops(device_kind: str) -> float | None:
+    for name, flops in PEAK_BF16_FLOPS.items():
+        if name.lower() in device_kind.lower():
+            return flops
+    return None
+
+
+def time_step(args: argparse.Namespace, method: str, info: DatasetInfo, concept_sizes: np.ndarray) -> dict[str, Any]:
+    """Median step time of one method's jitted train step on a fixed synthetic batch."""
+    trainer = build_trainer(method_config(args, method), info, concept_sizes, total_steps=10_000)
+    rng = np.random.default_rng(0)
+    batch = jax.device_put(
+        {
+            "image": rng.standard_normal((args.batch_size, *info.image_shape), dtype=np.float32),
+            "label": rng.integers(0, info.num_classes, args.batch_size).astype(np.int32),
+        },
+        trainer.data_sharding,
+    )
+    compiled = trainer.jitted_train_step.lower(trainer.state, batch).compile()
+    memory = compiled.memory_analysis()
+    state = trainer.state
+    for _ in range(args.warmup_steps):
+        state, metrics = trainer.jitted_train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    window_times = []
+    for _ in range(args.windows):
+        start = time.perf_counter()
+        for _ in range(args.steps_per_window):
+            state, metrics = trainer.jitted_train_step(state, batch)
+        jax.block_until_ready((state, metrics))
+        window_times.append((time.perf_counter() - start) / args.steps_per_window)
+    step_seconds = statistics.median(window_times)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    model_flops_per_step = 3 * count_flops(trainer.model, variables, (1, *info.image_shape)) * args.batch_size
+    stats = jax.devices()[0].memory_stats() or {}
+    device_kind = jax.devices()[0].device_kind
+    peak = device_peak_flops(device_kind) if args.precision == "bfloat16" else None
+    return {
+        "method": method,
+        "step_ms": 1000 * step_seconds,
+        "step_ms_windows": [1000 * t for t in window_times],
+        "images_per_second": args.batch_size / step_seconds,
+        "model_tflops_per_step": model_flops_per_step / 1e12,
+        "mfu": model_flops_per_step / step_seconds / (peak * jax.device_count()) if peak else None,
+        "compiled_temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+        "compiled_argument_bytes": getattr(memory, "argument_size_in_bytes", None),
+        "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
+        "device_kind": device_kind,
+    }
+
+
+def time_input(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Images/s of the Fashion-MNIST training pipeline on the host: direct batches and the prefetching iterator."""
+    split = load_split("fashion_mnist", "train")
+    pipeline = InputPipeline(split, global_batch_size=args.batch_size, seed=0, train=True, augment=True)
+    pipeline.host_batch(0)
+    start = time.perf_counter()
+    for step in range(args.input_steps):
+        pipeline.host_batch(step)
+    direct = args.input_steps * args.batch_size / (time.perf_counter() - start)
+    iterator = pipeline.iterate(0)
+    next(iterator)
+    start = time.perf_counter()
+    for _ in range(args.input_steps):
+        next(iterator)
+    prefetched = args.input_steps * args.batch_size / (time.perf_counter() - start)
+    return [
+        {"method": "input: host_batch", "images_per_second": direct, "device_kind": "host"},
+        {"method": "input: iterate (prefetch)", "images_per_second": prefetched, "device_kind": "host"},
+    ]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    columns = ("method", "step_ms", "images_per_second", "ratio_to_erm", "mfu", "compiled_temp_bytes", "peak_bytes_in_use")
+    lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            if value is None:
+                cells.append("-")
+            elif column in ("compiled_temp_bytes", "peak_bytes_in_use"):
+                cells.append(f"{value / 2**20:.1f} MiB")
+            elif column in ("ratio_to_erm", "mfu"):
+                cells.append(f"{value:.3f}")
+            elif isinstance(value, float):
+                cells.append(f"{value:,.1f}")
+            else:
+                cells.append(str(value))
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    if args.mode == "input":
+        rows = time_input(args)
+    else:
+        info, concept_sizes = synthetic_setup(args)
+        rows = [time_step(args, method, info, concept_sizes) for method in args.methods.split(",")]
+        erm = next((row for row in rows if row["method"] == "erm"), None)
+        for row in rows:
+            row["ratio_to_erm"] = row["step_ms"] / erm["step_ms"] if erm else None
+    setup = {
+        "args": vars(args),
+        "date": datetime.date.today().isoformat(),
+        "device_kind": jax.devices()[0].device_kind,
+        "device_count": jax.device_count(),
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+    }
+    print(f"{setup['device_count']} x {setup['device_kind']}, jax {setup['jax']}, {vars(args)}")
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({"setup": setup, "rows": rows}, file, indent=2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

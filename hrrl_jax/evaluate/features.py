@@ -1,0 +1,144 @@
+"""Deep features of a trained run: load its final checkpoint and embed any split or a user's own images.
+
+    python -m hrrl_jax.features --workdir W --dataset NAME --split SPLIT --out F.npz
+    python -m hrrl_jax.features --workdir W --images IN.npz --out F.npz
+
+Features are the input of the last linear layer (METHOD.md's z = g(x)), computed in eval mode. A user's
+`images` (uint8 N x H x W x C, any size, 1 or 3 channels, optional `labels`) are converted to the source's
+channels, resized to its resolution and normalised with its statistics, exactly as the source data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from hrrl_jax.data import ConceptHierarchy, DatasetInfo, InputPipeline, SplitData, load_split
+from hrrl_jax.models import create_model
+from hrrl_jax.train.run import PRECISIONS, load_data
+from hrrl_jax.train.sharding import data_parallel_mesh
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A run's config, source data description, model and final variables (params and BatchNorm stats)."""
+
+    config: ml_collections.ConfigDict
+    info: DatasetInfo
+    model: Any
+    variables: dict[str, Any]
+    step: int
+
+
+def load_trained_model(workdir: str) -> TrainedModel:
+    """Rebuilds the model of the run in `workdir` from its config.json and latest checkpoint."""
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training work directory.")
+    with open(config_path) as file:
+        config = ml_collections.ConfigDict(json.load(file))
+    checkpoints = os.path.join(os.path.abspath(workdir), "checkpoints")
+    steps = sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit()) if os.path.isdir(checkpoints) else []
+    if not steps:
+        raise FileNotFoundError(f"No checkpoint in {checkpoints}: train the run first (launch.py).")
+    saved = ocp.PyTreeCheckpointer().restore(os.path.join(checkpoints, str(steps[-1]), "state"))
+    source_info = load_data(config)[0].info
+    model = create_model(
+        config.model.name,
+        num_classes=source_info.num_classes,
+        width=config.model.width,
+        stem=config.model.stem,
+        dtype=PRECISIONS[config.precision],
+    )
+    variables = {"params": saved["params"], "batch_stats": saved["batch_stats"]}
+    return TrainedModel(config=config, info=source_info, model=model, variables=variables, step=steps[-1])
+
+
+def source_image_size(trained: TrainedModel) -> int:
+    """The side of the images the model was trained on."""
+    return trained.config.dataset.image_size or trained.info.image_shape[0]
+
+
+def extract_features(trained: TrainedModel, split: SplitData, *, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Features (float32 [N, D]) and labels (int32 [N]) of every example of `split`, in order."""
+    _, data_sharding, replicated = data_parallel_mesh()
+    batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
+    pipeline = InputPipeline(
+        split, global_batch_size=batch_size, seed=0, train=False,
+        image_size=source_image_size(trained), sharding=data_sharding,
+    )
+    variables = jax.device_put(trained.variables, replicated)
+    embed = jax.jit(functools.partial(_features, trained.model), out_shardings=replicated)
+    chunks = [np.asarray(embed(variables, batch["image"])) for batch in pipeline.eval_batches()]
+    features = np.concatenate(chunks)[: len(split)] if chunks else np.zeros((0, 0), np.float32)
+    return features.astype(np.float32), np.asarray(split.labels, np.int32)
+
+
+def _features(model: Any, variables: dict[str, Any], images: jax.Array) -> jax.Array:
+    return model.apply(variables, images, train=False)[1]
+
+
+def split_from_images(trained: TrainedModel, images: np.ndarray, labels: np.ndarray | None) -> SplitData:
+    """A user's uint8 images as a split with the source's channels and normalisation statistics."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise ValueError(f"images must be uint8 [N, H, W] or [N, H, W, C]; got {images.dtype} {images.shape}.")
+    if images.ndim == 3:
+        images = images[..., None]
+    channels = trained.info.image_shape[2]
+    if images.shape[-1] == 1 and channels == 3:
+        images = np.repeat(images, 3, axis=-1)
+    elif images.shape[-1] == 3 and channels == 1:
+        luminance = images.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)
+        images = np.clip(np.rint(luminance), 0, 255).astype(np.uint8)[..., None]
+    elif images.shape[-1] != channels:
+        raise ValueError(f"images have {images.shape[-1]} channels; give 1 or 3 (the source has {channels}).")
+    labels = np.zeros(len(images), np.int32) if labels is None else np.asarray(labels, np.int32)
+    num_classes = int(labels.max(initial=0)) + 1
+    info = DatasetInfo(
+        name="user_images",
+        num_classes=num_classes,
+        image_shape=tuple(images.shape[1:]),
+        hierarchy=ConceptHierarchy.identity([str(label) for label in range(num_classes)]),
+        mean=trained.info.mean,
+        std=trained.info.std,
+    )
+    return SplitData.from_arrays(info, images, labels)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m hrrl_jax.features", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="Work directory of a finished (or checkpointed) run.")
+    parser.add_argument("--dataset", help="Any data set name load_split knows, e.g. fashion_mnist_shift/lowres4.")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--images", help="An .npz with uint8 `images` (N x H x W [x C]) and optional `labels`.")
+    parser.add_argument("--out", required=True, help="Output .npz with `features` (float32 N x d) and `labels`.")
+    parser.add_argument("--batch_size", type=int, default=512)
+    args = parser.parse_args(argv)
+    if (args.dataset is None) == (args.images is None):
+        parser.error("give exactly one of --dataset or --images")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    trained = load_trained_model(args.workdir)
+    if args.images:
+        arrays = np.load(args.images)
+        split = split_from_images(trained, arrays["images"], arrays["labels"] if "labels" in arrays else None)
+    else:
+        split = load_split(args.dataset, args.split, data_dir=args.data_dir)
+    features, labels = extract_features(trained, split, batch_size=args.batch_size)
+    np.savez(args.out, features=features, labels=labels)
+    print(f"Wrote {features.shape[0]} x {features.shape[1]} features of {split.info.name} to {args.out}.")
