@@ -120,8 +120,7 @@ def test_no_nan_for_huge_losses_ties_one_class_and_zero_features():
     features[-1] = 0.0
     labels = np.zeros(16, np.int32)
     for gamma in (0.0, 1.0, jnp.inf):
-        weights = np.asarray(jax.jit(lambda l, z, y: example_weights(l, z, y, gamma=gamma, temperature=0.01))(
-            loss, features, labels))
+        weights = np.asarray(example_weights(loss, features, labels, gamma=gamma, temperature=0.01))
         assert np.all(np.isfinite(weights))
         np.testing.assert_allclose(weights.mean(), 1.0, atol=1e-4)
     radius_weights = example_weights(loss, features, labels, gamma=None, temperature=0.01, radius=0.1)
@@ -180,3 +179,15 @@ def test_perturbation_gradient_flows_through_features_only():
     np.testing.assert_allclose(perturb_features(features, labels, kernel, bias, gamma=jnp.inf), features, atol=1e-7)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         perturb_features(features, labels, kernel, bias, gamma=1.0, steps=0)
+
+
+def test_vmap_over_gamma_and_temperature_matches_loop():
+    loss, features, labels = _batch(7)
+    gammas, temperatures = jnp.array([0.0, 0.5, 5.0]), jnp.array([0.2, 1.0, 3.0])
+    batched = jax.vmap(lambda g, t: example_weights(loss, features, labels, gamma=g, temperature=t))(gammas, temperatures)
+    for index in range(3):
+        np.testing.assert_allclose(
+            batched[index],
+            example_weights(loss, features, labels, gamma=float(gammas[index]), temperature=float(temperatures[index])),
+            atol=1e-6,
+        )
