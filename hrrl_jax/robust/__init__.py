@@ -11,10 +11,10 @@ from hrrl_jax.robust.example_level import (
     perturb_features,
     within_class_coupling,
 )
+from hrrl_jax.robust.settings import ReweightingSettings
 from hrrl_jax.robust.simplex import project_simplex
 from hrrl_jax.robust.transform import (
     HierarchicalReweightingState,
-    ReweightingSettings,
     concept_distribution,
     find_reweighting_state,
     hierarchical_reweighting,

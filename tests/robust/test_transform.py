@@ -150,12 +150,16 @@ def test_invalid_settings_are_reported():
         ({"example_level": "perturb"}, "perturb_features"),
         ({"lam": 0.0}, "lam must be a number > 0"),
         ({"prior": np.array([0.5, 0.5, 0.5, 0.5])}, "summing to 1"),
-        ({"temperature": 0.1}, "only applies to divergence='wasserstein'"),
+        ({"temperature": -0.1}, "temperature must be a number > 0"),
+        ({"divergence": "wasserstein", "cost": np.ones((3, 3))}, r"\[K, K\] = \[4, 4\]"),
         ({"constant_step": 0.1, "accumulate": "sum"}, "constant_step applies to accumulate='mean'"),
     ]
     for options, message in cases:
         with pytest.raises(ValueError, match=message):
             hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, **options)
+    ignored = hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="kl", temperature=0.1,
+                                       cost=np.ones((4, 4))).init({})
+    assert ignored.settings.temperature is None and ignored.settings.cost is None
     with pytest.raises(ValueError, match="positive counts"):
         hierarchical_reweighting(CONCEPT_OF_CLASS, np.array([4, 0, 3, 2]))
     with pytest.raises(ValueError, match=r"values in \[0, 3\)"):

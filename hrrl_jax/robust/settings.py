@@ -1,0 +1,139 @@
+"""Static configuration of the reweighting transform: validated once, then carried by its state.
+
+:class:`ReweightingSettings` is registered with ``jax.tree_util.register_static``: a pytree node with no
+array leaves, so inside the transform's state it is part of the tree structure. ``jit`` treats it as
+static, Orbax and sharding see only the state's arrays, and equality is identity (hashing numpy arrays
+by value on every jit call would cost more than it saves).
+"""
+import dataclasses
+import math
+import numbers
+from typing import Any, Literal
+
+import jax
+import numpy as np
+
+from hrrl_jax.robust.concept_level import DIVERGENCES, Divergence
+
+EXAMPLE_LEVELS = ("reweight", "none")
+ACCUMULATIONS = ("mean", "sum")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ReweightingSettings:
+    """Static configuration of a ``hierarchical_reweighting`` transform (compared by identity).
+
+    ``concept_sizes`` are the counts ``n_k`` (float32 ``[K]``), ``prior`` the resolved ``q`` (float32
+    ``[K]``); the other fields are the transform's arguments of the same names.
+    """
+
+    concept_of_class: np.ndarray
+    concept_sizes: np.ndarray
+    prior: np.ndarray
+    divergence: Divergence
+    lam: float
+    cost: np.ndarray | None
+    temperature: float | None
+    example_level: Literal["reweight", "none"]
+    gamma: float
+    example_temperature: float
+    radius: float | None
+    step_offset: float
+    constant_step: float | None
+    accumulate: Literal["mean", "sum"]
+
+    @property
+    def num_concepts(self) -> int:
+        """``K``, the number of concepts."""
+        return self.concept_sizes.shape[0]
+
+
+jax.tree_util.register_static(ReweightingSettings)
+
+
+def make_settings(concept_of_class: Any, concept_sizes: Any, **options: Any) -> ReweightingSettings:
+    """Checks every option of :func:`hierarchical_reweighting` and resolves the prior.
+
+    Raises ``ValueError`` saying what was wrong and what to change. ``cost`` and ``temperature`` are
+    used by ``divergence="wasserstein"`` only and stored as ``None`` for the other divergences, so a
+    config may set them unconditionally.
+    """
+    concept_of_class = np.asarray(concept_of_class)
+    concept_sizes = np.asarray(concept_sizes, np.float64)
+    if concept_of_class.ndim != 1 or not np.issubdtype(concept_of_class.dtype, np.integer):
+        raise ValueError(f"concept_of_class must be a 1-D integer array [C], got dtype "
+                         f"{concept_of_class.dtype} and shape {concept_of_class.shape}.")
+    if concept_sizes.ndim != 1 or concept_sizes.size == 0 or not np.all(concept_sizes > 0):
+        raise ValueError(f"concept_sizes must be a non-empty 1-D array of positive counts n_k, got "
+                         f"{concept_sizes.tolist() if concept_sizes.size <= 20 else concept_sizes.shape}; "
+                         "drop or merge concepts without training examples.")
+    num_concepts = concept_sizes.shape[0]
+    if concept_of_class.size and (concept_of_class.min() < 0 or concept_of_class.max() >= num_concepts):
+        raise ValueError(f"concept_of_class must take values in [0, {num_concepts}) (one per concept size), "
+                         f"got values in [{concept_of_class.min()}, {concept_of_class.max()}].")
+    _check_choice("divergence", options["divergence"], DIVERGENCES)
+    if options["example_level"] == "perturb":
+        raise ValueError("example_level='perturb' changes the loss, not the weights: apply perturb_features "
+                         "inside the loss function, pass the robust per-example losses, and use "
+                         "example_level='none' here.")
+    _check_choice("example_level", options["example_level"], EXAMPLE_LEVELS)
+    _check_choice("accumulate", options["accumulate"], ACCUMULATIONS)
+    for name in ("lam", "gamma", "example_temperature"):
+        _check_positive_number(name, options[name])
+    for name in ("temperature", "radius"):
+        if options[name] is not None:
+            _check_positive_number(name, options[name])
+    if not (math.isfinite(options["step_offset"]) and options["step_offset"] >= 0):
+        raise ValueError(f"step_offset (t0) must be a finite number >= 0, got {options['step_offset']!r}.")
+    if options["constant_step"] is not None:
+        if not 0 < options["constant_step"] <= 1:
+            raise ValueError(f"constant_step must lie in (0, 1], got {options['constant_step']!r}.")
+        if options["accumulate"] == "sum":
+            raise ValueError("constant_step applies to accumulate='mean' only; got accumulate='sum'. "
+                             "Drop constant_step or use accumulate='mean'.")
+    cost = options.pop("cost")
+    if options["divergence"] != "wasserstein":
+        cost, options["temperature"] = None, None
+    if cost is not None:
+        cost = np.asarray(cost, np.float32)
+        if cost.shape != (num_concepts, num_concepts) or not np.all(np.isfinite(cost)) or np.any(cost < 0):
+            raise ValueError(f"cost must be a finite non-negative [K, K] = [{num_concepts}, {num_concepts}] "
+                             f"matrix, got shape {cost.shape}.")
+    prior = _resolve_prior(options.pop("prior"), concept_sizes)
+    return ReweightingSettings(
+        concept_of_class=concept_of_class.astype(np.int32),
+        concept_sizes=concept_sizes.astype(np.float32),
+        prior=prior,
+        cost=cost,
+        lam=float(options.pop("lam")),
+        gamma=float(options.pop("gamma")),
+        example_temperature=float(options.pop("example_temperature")),
+        step_offset=float(options.pop("step_offset")),
+        **options,
+    )
+
+
+def _resolve_prior(prior: Any, concept_sizes: np.ndarray) -> np.ndarray:
+    """``q``: uniform, empirical ``n_k/N``, or a validated explicit distribution, as float32 ``[K]``."""
+    num_concepts = concept_sizes.shape[0]
+    if isinstance(prior, str):
+        if prior == "uniform":
+            return np.full((num_concepts,), 1.0 / num_concepts, np.float32)
+        if prior == "empirical":
+            return (concept_sizes / concept_sizes.sum()).astype(np.float32)
+        raise ValueError(f"prior must be 'uniform', 'empirical' or a [K] array, got {prior!r}.")
+    prior = np.asarray(prior, np.float64)
+    if prior.shape != (num_concepts,) or np.any(prior < 0) or not np.isclose(prior.sum(), 1.0, atol=1e-5):
+        raise ValueError(f"an explicit prior must be a non-negative [K] = [{num_concepts}] array summing to 1, "
+                         f"got shape {prior.shape} and sum {prior.sum():.6g}; normalise it.")
+    return prior.astype(np.float32)
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
+
+
+def _check_positive_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be a number > 0 (inf allowed), got {value!r}.")
