@@ -184,7 +184,8 @@ def test_perturbation_gradient_flows_through_features_only():
 def test_vmap_over_gamma_and_temperature_matches_loop():
     loss, features, labels = _batch(7)
     gammas, temperatures = jnp.array([0.0, 0.5, 5.0]), jnp.array([0.2, 1.0, 3.0])
-    batched = jax.vmap(lambda g, t: example_weights(loss, features, labels, gamma=g, temperature=t))(gammas, temperatures)
+    batched = jax.vmap(lambda g, t: example_weights(loss, features, labels, gamma=g, temperature=t))(
+        gammas, temperatures)
     for index in range(3):
         np.testing.assert_allclose(
             batched[index],
