@@ -13,6 +13,7 @@ Schedules (``lr(step)``): linear warm-up from 0 to the peak over ``warmup_steps`
 decay to 0 at ``total_steps``, ``step`` decay (multiply by ``step_decay`` at each boundary, given as
 fractions of ``total_steps``), or ``constant``.
 """
+
 from typing import Any
 
 import jax
@@ -24,119 +25,140 @@ SCHEDULE_NAMES = ("cosine", "step", "constant")
 
 
 def default_optimizer_config() -> ml_collections.ConfigDict:
-  """All keys of ``config.optimizer`` with their defaults: SGD, Nesterov momentum 0.9, peak 0.1, cosine."""
-  return ml_collections.ConfigDict({
-      "name": "sgd",
-      "learning_rate": 0.1,  # Peak learning rate (reached at the end of the warm-up).
-      "momentum": 0.9,  # sgd only.
-      "nesterov": True,  # sgd only.
-      "weight_decay": 5e-4,  # Kernels only; coupled L2 for sgd, decoupled for adamw.
-      "b1": 0.9,  # adamw only.
-      "b2": 0.999,  # adamw only.
-      "eps": 1e-8,  # adamw only.
-      "schedule": "cosine",  # cosine | step | constant.
-      "warmup_steps": 0,  # Linear warm-up from 0 to learning_rate.
-      "step_boundaries": (0.5, 0.75),  # step schedule: fractions of total_steps.
-      "step_decay": 0.1,  # step schedule: factor applied at each boundary.
-      "grad_clip_norm": 0.0,  # Clip by global gradient norm; 0 turns clipping off.
-  })
+    """All keys of ``config.optimizer`` with their defaults: SGD, Nesterov momentum 0.9, peak 0.1, cosine."""
+    return ml_collections.ConfigDict(
+        {
+            "name": "sgd",
+            "learning_rate": 0.1,  # Peak learning rate (reached at the end of the warm-up).
+            "momentum": 0.9,  # sgd only.
+            "nesterov": True,  # sgd only.
+            "weight_decay": 5e-4,  # Kernels only; coupled L2 for sgd, decoupled for adamw.
+            "b1": 0.9,  # adamw only.
+            "b2": 0.999,  # adamw only.
+            "eps": 1e-8,  # adamw only.
+            "schedule": "cosine",  # cosine | step | constant.
+            "warmup_steps": 0,  # Linear warm-up from 0 to learning_rate.
+            "step_boundaries": (0.5, 0.75),  # step schedule: fractions of total_steps.
+            "step_decay": 0.1,  # step schedule: factor applied at each boundary.
+            "grad_clip_norm": 0.0,  # Clip by global gradient norm; 0 turns clipping off.
+        }
+    )
 
 
 def kernel_decay_mask(params: Any) -> Any:
-  """True for the leaves that get weight decay: kernels (ndim > 1); False for biases and BN scales."""
-  return jax.tree.map(lambda leaf: leaf.ndim > 1, params)
+    """True for the leaves that get weight decay: kernels (ndim > 1); False for biases and BN scales."""
+    return jax.tree.map(lambda leaf: leaf.ndim > 1, params)
 
 
 def _check_keys(optimizer_config: ml_collections.ConfigDict) -> None:
-  expected = set(default_optimizer_config().keys())
-  given = set(optimizer_config.keys())
-  if given != expected:
-    raise ValueError(
-        f"config.optimizer has missing keys {sorted(expected - given)} and unknown keys "
-        f"{sorted(given - expected)}; build it from hrrl_jax.train.optimizers."
-        f"default_optimizer_config() and change only the values.")
+    expected = set(default_optimizer_config().keys())
+    given = set(optimizer_config.keys())
+    if given != expected:
+        raise ValueError(
+            f"config.optimizer has missing keys {sorted(expected - given)} and unknown keys "
+            f"{sorted(given - expected)}; build it from hrrl_jax.train.optimizers."
+            "default_optimizer_config() and change only the values."
+        )
 
 
 def _check_range(key: str, value: float, ok: bool, requirement: str) -> None:
-  if not ok:
-    raise ValueError(f"config.optimizer.{key} must be {requirement}, got {value!r}.")
+    if not ok:
+        raise ValueError(f"config.optimizer.{key} must be {requirement}, got {value!r}.")
 
 
 def make_schedule(optimizer_config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """The learning rate as a function of the step: linear warm-up, then cosine, step or constant."""
-  peak = float(optimizer_config.learning_rate)
-  warmup_steps = int(optimizer_config.warmup_steps)
-  _check_range("learning_rate", peak, peak > 0, "> 0")
-  _check_range("warmup_steps", warmup_steps, 0 <= warmup_steps < total_steps,
-               f">= 0 and below total_steps={total_steps}")
-  name = optimizer_config.schedule
-  if name == "cosine":
-    after_warmup = optax.cosine_decay_schedule(peak, decay_steps=total_steps - warmup_steps)
-  elif name == "step":
-    fractions = tuple(float(f) for f in optimizer_config.step_boundaries)
-    _check_range("step_boundaries", fractions,
-                 all(0 < f < 1 for f in fractions) and list(fractions) == sorted(set(fractions)),
-                 "strictly increasing fractions of total_steps inside (0, 1)")
-    boundaries = [round(f * total_steps) for f in fractions]
-    _check_range("step_boundaries", fractions,
-                 all(b > warmup_steps for b in boundaries) and len(set(boundaries)) == len(boundaries),
-                 f"distinct steps after warmup_steps={warmup_steps} once multiplied by "
-                 f"total_steps={total_steps} (got steps {boundaries})")
-    decay = float(optimizer_config.step_decay)
-    _check_range("step_decay", decay, decay > 0, "> 0")
-    after_warmup = optax.piecewise_constant_schedule(
-        peak, {boundary - warmup_steps: decay for boundary in boundaries})
-  elif name == "constant":
-    after_warmup = optax.constant_schedule(peak)
-  else:
-    raise ValueError(
-        f"Unknown config.optimizer.schedule {name!r}; choose one of {', '.join(SCHEDULE_NAMES)}.")
-  if warmup_steps == 0:
-    return after_warmup
-  warmup = optax.linear_schedule(0.0, peak, transition_steps=warmup_steps)
-  return optax.join_schedules([warmup, after_warmup], boundaries=[warmup_steps])
-
-
-def make_optimizer(config: ml_collections.ConfigDict,
-                   total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Builds the optimizer of ``config.optimizer`` for a run of ``total_steps`` steps.
-
-  Returns:
-    (transformation, schedule): the optax transformation (clip -> decay -> momentum/Adam ->
-    learning rate) and the learning-rate schedule it uses, for logging ``learning_rate``.
-  """
-  if "optimizer" not in config:
-    raise ValueError("The config has no 'optimizer' sub-config; set config.optimizer = "
-                     "hrrl_jax.train.optimizers.default_optimizer_config().")
-  if int(total_steps) < 1:
-    raise ValueError(f"make_optimizer needs total_steps >= 1, got {total_steps!r}.")
-  optimizer_config = config.optimizer
-  _check_keys(optimizer_config)
-  schedule = make_schedule(optimizer_config, int(total_steps))
-
-  weight_decay = float(optimizer_config.weight_decay)
-  clip_norm = float(optimizer_config.grad_clip_norm)
-  _check_range("weight_decay", weight_decay, weight_decay >= 0, ">= 0")
-  _check_range("grad_clip_norm", clip_norm, clip_norm >= 0, ">= 0 (0 turns clipping off)")
-  clipping = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
-
-  name = optimizer_config.name
-  if name == "sgd":
-    momentum = float(optimizer_config.momentum)
-    _check_range("momentum", momentum, 0 <= momentum < 1, "in [0, 1)")
-    transformation = optax.chain(
-        *clipping,
-        optax.add_decayed_weights(weight_decay, mask=kernel_decay_mask),
-        optax.sgd(schedule, momentum=momentum or None, nesterov=bool(optimizer_config.nesterov)),
+    """The learning rate as a function of the step: linear warm-up, then cosine, step or constant."""
+    peak = float(optimizer_config.learning_rate)
+    warmup_steps = int(optimizer_config.warmup_steps)
+    _check_range("learning_rate", peak, peak > 0, "> 0")
+    _check_range(
+        "warmup_steps", warmup_steps, 0 <= warmup_steps < total_steps, f">= 0 and below total_steps={total_steps}"
     )
-  elif name == "adamw":
-    transformation = optax.chain(
-        *clipping,
-        optax.adamw(schedule, b1=float(optimizer_config.b1), b2=float(optimizer_config.b2),
-                    eps=float(optimizer_config.eps), weight_decay=weight_decay,
-                    mask=kernel_decay_mask),
-    )
-  else:
-    raise ValueError(
-        f"Unknown config.optimizer.name {name!r}; choose one of {', '.join(OPTIMIZER_NAMES)}.")
-  return transformation, schedule
+    name = optimizer_config.schedule
+    if name == "cosine":
+        after_warmup = optax.cosine_decay_schedule(peak, decay_steps=total_steps - warmup_steps)
+    elif name == "step":
+        fractions = tuple(float(fraction) for fraction in optimizer_config.step_boundaries)
+        increasing_inside_unit = all(0 < f < 1 for f in fractions) and list(fractions) == sorted(set(fractions))
+        _check_range(
+            "step_boundaries",
+            fractions,
+            increasing_inside_unit,
+            "strictly increasing fractions of total_steps inside (0, 1)",
+        )
+        boundaries = [round(fraction * total_steps) for fraction in fractions]
+        distinct = len(set(boundaries)) == len(boundaries)
+        distinct_after_warmup = distinct and all(boundary > warmup_steps for boundary in boundaries)
+        _check_range(
+            "step_boundaries",
+            fractions,
+            distinct_after_warmup,
+            f"distinct steps after warmup_steps={warmup_steps} once multiplied by total_steps={total_steps} "
+            f"(got steps {boundaries})",
+        )
+        decay = float(optimizer_config.step_decay)
+        _check_range("step_decay", decay, decay > 0, "> 0")
+        # join_schedules hands the schedule after the warm-up the steps counted from its start.
+        after_warmup = optax.piecewise_constant_schedule(
+            peak, {boundary - warmup_steps: decay for boundary in boundaries}
+        )
+    elif name == "constant":
+        after_warmup = optax.constant_schedule(peak)
+    else:
+        raise ValueError(f"Unknown config.optimizer.schedule {name!r}; choose one of {', '.join(SCHEDULE_NAMES)}.")
+    if warmup_steps == 0:
+        return after_warmup
+    warmup = optax.linear_schedule(0.0, peak, transition_steps=warmup_steps)
+    return optax.join_schedules([warmup, after_warmup], boundaries=[warmup_steps])
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Builds the optimizer of ``config.optimizer`` for a run of ``total_steps`` steps.
+
+    Returns:
+        (transformation, schedule): the optax transformation (clip -> decay -> momentum/Adam ->
+        learning rate) and the learning-rate schedule it uses, for logging ``learning_rate``.
+    """
+    if "optimizer" not in config:
+        raise ValueError(
+            "The config has no 'optimizer' sub-config; set config.optimizer = "
+            "hrrl_jax.train.optimizers.default_optimizer_config()."
+        )
+    if int(total_steps) < 1:
+        raise ValueError(f"make_optimizer needs total_steps >= 1, got {total_steps!r}.")
+    optimizer_config = config.optimizer
+    _check_keys(optimizer_config)
+    schedule = make_schedule(optimizer_config, int(total_steps))
+
+    weight_decay = float(optimizer_config.weight_decay)
+    clip_norm = float(optimizer_config.grad_clip_norm)
+    _check_range("weight_decay", weight_decay, weight_decay >= 0, ">= 0")
+    _check_range("grad_clip_norm", clip_norm, clip_norm >= 0, ">= 0 (0 turns clipping off)")
+    clipping = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
+
+    name = optimizer_config.name
+    if name == "sgd":
+        momentum = float(optimizer_config.momentum)
+        _check_range("momentum", momentum, 0 <= momentum < 1, "in [0, 1)")
+        transformation = optax.chain(
+            *clipping,
+            optax.add_decayed_weights(weight_decay, mask=kernel_decay_mask),
+            optax.sgd(schedule, momentum=momentum or None, nesterov=bool(optimizer_config.nesterov)),
+        )
+    elif name == "adamw":
+        transformation = optax.chain(
+            *clipping,
+            optax.adamw(
+                schedule,
+                b1=float(optimizer_config.b1),
+                b2=float(optimizer_config.b2),
+                eps=float(optimizer_config.eps),
+                weight_decay=weight_decay,
+                mask=kernel_decay_mask,
+            ),
+        )
+    else:
+        raise ValueError(f"Unknown config.optimizer.name {name!r}; choose one of {', '.join(OPTIMIZER_NAMES)}.")
+    return transformation, schedule
