@@ -3,7 +3,7 @@
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().")
@@ -24,6 +24,8 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import jax
 
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
     if _CACHE.value:
@@ -32,8 +34,14 @@ def main(argv: list[str]) -> int:
     from hrrl_jax.train.checkpoints import CheckpointError
     from hrrl_jax.train.loop import NonFiniteLossError, train_and_evaluate
 
+    config = _CONFIG.value
     try:
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        if "compare" in config:
+            from hrrl_jax.evaluate.compare import run_comparison
+
+            run_comparison(config, _WORKDIR.value)
+        else:
+            train_and_evaluate(config, _WORKDIR.value)
     except (CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -190,7 +190,7 @@ _END = object()
 def _prefetched(make: Callable[[int], Batch], keys: Iterable[int], depth: int) -> Iterator[Batch]:
     """Yields make(k) for k in keys, computed `depth` ahead by a daemon thread; errors re-raised here.
 
-    The thread stops when the iterator is closed or garbage collected.
+    The thread stops, and is joined, when the iterator is closed, exhausted or garbage collected.
     """
     if depth <= 0:
         yield from (make(key) for key in keys)
@@ -216,7 +216,8 @@ def _prefetched(make: Callable[[int], Batch], keys: Iterable[int], depth: int) -
         except BaseException as error:  # Handed to the consumer, which re-raises it.
             put((None, error))
 
-    threading.Thread(target=produce, daemon=True, name="input-prefetch").start()
+    producer = threading.Thread(target=produce, daemon=True, name="input-prefetch")
+    producer.start()
     try:
         while True:
             item, error = ready.get()
@@ -226,4 +227,6 @@ def _prefetched(make: Callable[[int], Batch], keys: Iterable[int], depth: int) -
                 return
             yield item
     finally:
+        # Joined, not abandoned: a daemon thread killed inside jax or numpy at interpreter exit aborts it.
         stop.set()
+        producer.join()

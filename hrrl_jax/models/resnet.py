@@ -5,8 +5,10 @@ The network is a feature extractor g followed by a linear head: for images x it 
 (the "deep features" on which the example-level Wasserstein cost of the HRRL objective is measured).
 
 Layout is NHWC. Parameters are float32; ``dtype`` sets the compute dtype of the convolutions
-(float32 or bfloat16). BatchNorm statistics are reduced in float32 and kept in the ``batch_stats``
-collection; the features and the head run in float32, so logits and features always come out float32.
+(float32 or bfloat16). BatchNorm statistics are reduced in float32 with the two-pass variance (so a
+batch sharded over devices gives the statistics of one device to rounding) and kept in the
+``batch_stats`` collection; the features and the head run in float32, so logits and features always
+come out float32.
 
 Conventions follow the torchvision ResNet so that parameter counts match the published figures:
 convolutions without bias before every BatchNorm, stride on the 3x3 convolution of a bottleneck
@@ -58,6 +60,7 @@ class _ConvBatchNorm(nn.Module):
             use_running_average=not train,
             momentum=0.9,
             epsilon=1e-5,
+            use_fast_variance=False,  # Two-pass variance: E[x²] - E[x]² cancels badly in float32.
             scale_init=nn.initializers.zeros if self.zero_init_scale else nn.initializers.ones,
             dtype=self.dtype,
             param_dtype=jnp.float32,

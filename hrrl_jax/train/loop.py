@@ -105,9 +105,9 @@ def train_and_evaluate(
             return
         checkpointer.save(step, state, {"step": step, "method": config.robust.method})
 
+    iterator = train_pipeline.iterate(start_step)
     try:
         with _StopRequest() as stop:
-            iterator = train_pipeline.iterate(start_step)
             for step in range(start_step + 1, total_steps + 1):
                 state, metrics = jitted_train_step(state, next(iterator))
                 check_finite()  # The previous step's: one step of lag keeps the device busy.
@@ -143,6 +143,7 @@ def train_and_evaluate(
             print(evaluation.format_results_table(results, title=f"{config.robust.method} on {info.name}"))
         return results
     finally:
+        iterator.close()
         progress.close()
         writer.close()
         checkpointer.close()
