@@ -173,7 +173,7 @@ def write_outputs(config, workdir: str, main_records: list[dict], sweep_records:
         main_records,
         title=f"ERM vs EL vs CL vs HRRL vs Group DRO on {config.dataset.name}",
         method_order=methods,
-        reference_methods=("erm", "group_dro"),
+        reference_methods=tuple(method for method in ("erm", "group_dro") if method in methods),
         notes=config.compare.notes,
     )
     sweep_report = report.render_report(

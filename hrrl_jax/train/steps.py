@@ -98,8 +98,8 @@ def train_step(
         "unweighted_loss": jnp.mean(losses),
         "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
         "learning_rate": learning_rate_fn(state.step),
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(new_params),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(new_params),
         "worst_concept_loss": worst_concept_loss(losses, labels, concept_of_class),
     }
     metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["param_norm"])

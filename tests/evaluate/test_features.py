@@ -1,0 +1,53 @@
+"""The features CLI: shapes and labels from a run's checkpoint, and user images embedded like the source."""
+
+import numpy as np
+import pytest
+
+from hrrl_jax.data import load_split
+from hrrl_jax.evaluate import features as features_cli
+from hrrl_jax.train.loop import train_and_evaluate
+from tests.train.helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    train_and_evaluate(tiny_config(total_steps=6), str(workdir))
+    return workdir
+
+
+def test_dataset_features_have_the_right_shapes(trained_workdir, tmp_path):
+    out = tmp_path / "digits_test.npz"
+    features_cli.main(["--workdir", str(trained_workdir), "--dataset", "digits", "--split", "test", "--out", str(out)])
+    saved = np.load(out)
+    test = load_split("digits", "test")
+    assert saved["features"].dtype == np.float32
+    assert saved["features"].shape == (len(test), 4 * 8)  # ResNet-18 features: 8 x width.
+    np.testing.assert_array_equal(saved["labels"], test.labels)
+    assert np.isfinite(saved["features"]).all() and saved["features"].std() > 0
+
+
+def test_user_images_are_embedded_exactly_like_the_source(trained_workdir, tmp_path):
+    test = load_split("digits", "test")
+    images = test.get_images(np.arange(40))
+    npz = tmp_path / "mine.npz"
+    np.savez(npz, images=images[..., 0], labels=test.labels[:40])  # N x H x W: one channel, no axis.
+    out_user, out_source = tmp_path / "user.npz", tmp_path / "source.npz"
+    features_cli.main(["--workdir", str(trained_workdir), "--images", str(npz), "--out", str(out_user)])
+    features_cli.main(["--workdir", str(trained_workdir), "--dataset", "digits", "--out", str(out_source)])
+    np.testing.assert_allclose(np.load(out_user)["features"], np.load(out_source)["features"][:40], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.load(out_user)["labels"], test.labels[:40])
+
+
+def test_user_images_of_another_size_and_channels(trained_workdir, tmp_path):
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "colour.npz"
+    np.savez(npz, images=rng.integers(0, 256, (6, 40, 30, 3), dtype=np.uint8))
+    out = tmp_path / "colour_features.npz"
+    features_cli.main(["--workdir", str(trained_workdir), "--images", str(npz), "--out", str(out)])
+    assert np.load(out)["features"].shape == (6, 32)
+
+
+def test_cli_needs_exactly_one_input(trained_workdir, tmp_path):
+    with pytest.raises(SystemExit):
+        features_cli.main(["--workdir", str(trained_workdir), "--out", str(tmp_path / "x.npz")])

@@ -1,0 +1,102 @@
+"""One process of the two-process training test (test_multihost.py): join the cluster, train, resume, restore.
+
+    python -m tests.train.multihost_worker --coordinator_address 127.0.0.1:PORT --num_processes 2 \
+        --process_id I --workdir SHARED_DIR --output_dir OUT
+
+Every process runs the same commands on its own fake CPU devices (XLA_FLAGS set by the caller): the real
+`train_and_evaluate` stops at step 2 with an Orbax checkpoint, a second call restores it and trains to the
+end, then the final checkpoint is restored once more into this process's sharded state. The process writes
+`OUT/process_I.npz` (every leaf of that restored state, keyed by its path) and `OUT/process_I.json` (what it
+saw of the cluster) for the test to compare with a single process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from hrrl_jax.train.checkpoints import Checkpointer
+from hrrl_jax.train.loop import train_and_evaluate
+from hrrl_jax.train.run import build_run
+from hrrl_jax.train.state import TrainState, abstract_train_state
+from tests.train.helpers import tiny_config
+
+TOTAL_STEPS = 4
+INTERRUPT_AT_STEP = 2
+
+
+def multihost_config() -> ml_collections.ConfigDict:
+    """The tiny HRRL run that both the two-process cluster and the single-process reference train."""
+    # Learning rate 0.01: tiny BatchNorm nets amplify the rounding differences of another reduction order.
+    return tiny_config(
+        robust__method="hrrl", optimizer__learning_rate=0.01, total_steps=TOTAL_STEPS, log_every_steps=2
+    )
+
+
+def restore_final_state(workdir: str, template: TrainState) -> TrainState:
+    """The checkpoint at TOTAL_STEPS in `workdir` restored into the shapes and shardings of `template`."""
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), asynchronous=False)
+    try:
+        state, _ = checkpointer.restore(TOTAL_STEPS, template)
+    finally:
+        checkpointer.close()
+    return state
+
+
+def flatten_by_path(state: Any) -> dict[str, np.ndarray]:
+    """Host copies of the leaves of a replicated state, keyed by their pytree paths."""
+    return {
+        jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(state)
+    }
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--coordinator_address", required=True, help="host:port of process 0's coordinator.")
+    parser.add_argument("--num_processes", type=int, required=True)
+    parser.add_argument("--process_id", type=int, required=True)
+    parser.add_argument("--workdir", required=True, help="Work directory shared by all processes.")
+    parser.add_argument("--output_dir", required=True, help="Where process_I.npz and process_I.json go.")
+    return parser.parse_args()
+
+
+def main() -> None:
+    arguments = parse_arguments()
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=arguments.coordinator_address,
+        num_processes=arguments.num_processes,
+        process_id=arguments.process_id,
+        initialization_timeout=120,
+    )
+    config = multihost_config()
+    interrupted = train_and_evaluate(config, arguments.workdir, stop_at_step=INTERRUPT_AT_STEP)
+    results = train_and_evaluate(config, arguments.workdir)
+    run = build_run(config)  # A fresh run on all devices of all processes, as a resumed job builds it.
+    state = restore_final_state(arguments.workdir, abstract_train_state(run.trainer.state))
+    cluster_view = {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "device_count": jax.device_count(),
+        "local_device_count": jax.local_device_count(),
+        "state_device_count": len(jax.tree_util.tree_leaves(state.params)[0].sharding.device_set),
+        "local_batch_size": run.train_pipeline.local_batch_size,
+        "interrupted": interrupted,
+        "final_step": results["step"],
+        "test_accuracy": results["test_accuracy"],
+    }
+    prefix = os.path.join(arguments.output_dir, f"process_{jax.process_index()}")
+    np.savez(prefix + ".npz", **flatten_by_path(state))
+    with open(prefix + ".json", "w") as file:
+        json.dump(cluster_view, file)
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
