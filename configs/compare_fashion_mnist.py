@@ -8,6 +8,11 @@ appearance shifts. Every method has the same budget; finished runs in WORKDIR/ru
 WORKDIR/report.md, records.json and PNG plots. No hyperparameter is tuned on test data: the robust ones
 are METHOD.md's starting values, fixed before any run; the probes choose their L2 on a validation split of
 each target's training examples.
+
+Budget: METHOD.md's reference setting (ResNet-18 of width 32, 10 epochs of batch 256, SGD Nesterov 0.1
+cosine, weight decay 5e-4), 19 runs. That is a GPU job (hours on 2 CPU cores); the runs can be shared
+over processes with `--config.compare.write_report=False` and disjoint `--config.compare.methods`, then
+one pass without it writes the report (benchmarks/gpu_checks.sh does this).
 """
 
 import ml_collections
@@ -21,9 +26,9 @@ def get_config():
     config = base.get_config()
     config.dataset.name = "fashion_mnist"
     config.dataset.exclude_classes = HELD_OUT_CLASSES
-    config.model.width = 8
+    config.model.width = 32
     config.batch_size = 256
-    config.num_epochs = 3.0
+    config.num_epochs = 10.0
     config.log_every_steps = 20
     config.checkpoint_every_steps = 1000
     config.optimizer.learning_rate = 0.1
@@ -46,5 +51,6 @@ def get_config():
         "shift/lowres2", "shift/lowres4", "shift/rotate30", "shift/blur", "shift/noise", "held_out", "digits",
     )
     config.compare.probe_train_examples = 10_000
+    config.compare.write_report = True  # False: only train and evaluate runs (to share them over processes).
     config.compare.notes = ""
     return config

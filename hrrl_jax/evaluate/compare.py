@@ -121,11 +121,16 @@ def concept_distribution_history(workdir: str) -> list[tuple[int, list[float]]]:
 
 
 def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-    """Every method x seed and the λ sweep; writes report.md, records.json and plots into `workdir`."""
+    """Every method x seed and the λ sweep; writes report.md, records.json and plots into `workdir`.
+
+    With `compare.write_report` off, only the runs are trained and evaluated: several processes can then
+    share the work (disjoint methods or seeds each) before one pass with it on writes the report.
+    """
     compare = config.compare
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as file:
-        file.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    if compare.write_report:
+        with open(os.path.join(workdir, "config.json"), "w") as file:
+            file.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
     targets = {name: functools.cache(functools.partial(target_splits, config, name)) for name in compare.targets}
 
@@ -143,19 +148,20 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> list[dict
         for method in compare.methods
         for seed in compare.seeds
     ]
-    sweep_records = [
-        record(
-            method, seed, {**dict(compare.overrides.get(method, {})), "lam": lam}, f"{method}_lam{lam:g}",
-            sweep_label(method, lam),
-        )
-        for method in compare.sweep_methods
-        for lam in compare.lambda_sweep
-        for seed in compare.sweep_seeds
-    ]
-    reference = [r for r in main_records if r["method"] == "erm"]
-    with open(os.path.join(workdir, "records.json"), "w") as file:
-        json.dump({"main": main_records, "lambda_sweep": sweep_records}, file, indent=2)
-    write_outputs(config, workdir, main_records, reference + sweep_records)
+    sweep_records = []
+    for method in compare.sweep_methods:
+        main_overrides = dict(compare.overrides.get(method, {}))
+        for lam in compare.lambda_sweep:
+            # A sweep point equal to the main run's setting is that run (same directory, trained once).
+            run_name = method if main_overrides.get("lam") == lam else f"{method}_lam{lam:g}"
+            for seed in compare.sweep_seeds:
+                overrides = {**main_overrides, "lam": lam}
+                sweep_records.append(record(method, seed, overrides, run_name, sweep_label(method, lam)))
+    if compare.write_report:
+        reference = [r for r in main_records if r["method"] == "erm"]
+        with open(os.path.join(workdir, "records.json"), "w") as file:
+            json.dump({"main": main_records, "lambda_sweep": sweep_records}, file, indent=2)
+        write_outputs(config, workdir, main_records, reference + sweep_records)
     return main_records + sweep_records
 
 

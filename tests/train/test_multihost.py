@@ -64,6 +64,9 @@ def run_cluster(workdir: str, output_dir: str, log_dir: str) -> None:
         **os.environ,
         "JAX_PLATFORMS": "cpu",
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
+        # On CPU the persistent cache keys differ between processes and only process 0 writes entries: a warm
+        # cache lets process 0 skip compiling and wait at the first collective for longer than gloo's 30 s.
+        "JAX_ENABLE_COMPILATION_CACHE": "false",
         "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])),
     }
     processes: list[subprocess.Popen] = []
