@@ -45,3 +45,4 @@ tail -n 2 /tmp/compare_*.log
 timeout "${REPORT_TIMEOUT:-120}" $COMPARE 2>&1 | tail -n 5
 date
 tar czf "$OUT/compare.tgz" -C "$WORKDIR" --exclude=checkpoints --exclude=tensorboard .
+tar czf "$OUT/compare_logs.tgz" /tmp/compare_*.log 2>/dev/null
