@@ -77,7 +77,12 @@ def train_and_evaluate(
     def evaluate(state: TrainState) -> dict[str, Any]:
         return evaluation.evaluate(jitted_eval_step, state, eval_pipeline, hierarchy)
 
-    writer = MetricWriter(workdir, vector_names={"concept_distribution": list(hierarchy.concept_names)})
+    # Only process 0 writes metrics: every process creating the TensorBoard directory races on a shared workdir.
+    writer = (
+        MetricWriter(workdir, vector_names={"concept_distribution": list(hierarchy.concept_names)})
+        if is_main_process
+        else None
+    )
     progress = ProgressBar(start_step=start_step, total_steps=total_steps, enabled=is_main_process)
     window: list[dict[str, jax.Array]] = []
     window_start = time.perf_counter()
@@ -118,12 +123,12 @@ def train_and_evaluate(
                     elapsed = time.perf_counter() - window_start
                     summary = _mean_metrics(window)
                     summary["steps_per_second"] = len(window) / max(elapsed, 1e-9)
-                    record = writer.write(step, summary) if is_main_process else None
+                    record = writer.write(step, summary) if writer is not None else None
                     progress.update(len(window), record)
                     window, window_start = [], time.perf_counter()
                 if config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and step < total_steps:
                     eval_results = evaluate(state)
-                    if is_main_process:
+                    if writer is not None:
                         writer.write(step, evaluation.scalar_summary(eval_results), prefix="eval")
                 if step % config.checkpoint_every_steps == 0 and step < total_steps:
                     save(step)
@@ -145,7 +150,8 @@ def train_and_evaluate(
     finally:
         iterator.close()
         progress.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
         checkpointer.close()
 
 

@@ -4,13 +4,15 @@ import re
 
 import numpy as np
 
-USAGE = pathlib.Path(__file__).resolve().parents[2] / "docs" / "robust_usage.md"
+README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+SECTION = "## Use the reweighting in your own training loop"
 
 
 def test_usage_example_runs():
-    code = re.search(r"```python\n(.*?)```", USAGE.read_text(), re.DOTALL).group(1)
+    section = README.read_text().split(SECTION, 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
     namespace = {}
-    exec(compile(code, str(USAGE), "exec"), namespace)
+    exec(compile(code, str(README), "exec"), namespace)
     metrics = namespace["metrics"]
     np.testing.assert_allclose(np.sum(metrics["concept_distribution"]), 1.0, atol=1e-5)
     assert 0.0 < float(metrics["ess"]) <= 1.0

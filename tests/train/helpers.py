@@ -44,9 +44,19 @@ def tiny_flags(**overrides) -> list[str]:
 
 
 def read_checkpoint_state(workdir: str, step: int) -> dict:
-    """The raw saved train state at `step` as nested dicts of numpy arrays (no template needed)."""
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
-    return ocp.PyTreeCheckpointer().restore(os.path.abspath(path))
+    """The raw saved train state at `step` as nested dicts of numpy arrays (no template needed).
+
+    Read as numpy, not as jax arrays in the saved shardings, so a checkpoint written by several processes
+    (whose devices this process does not have) can be read too.
+    """
+    import jax
+
+    path = os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "state"))
+    checkpointer = ocp.PyTreeCheckpointer()
+    as_numpy = jax.tree_util.tree_map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), checkpointer.metadata(path).item_metadata.tree
+    )
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
 
 
 def assert_trees_equal(first, second) -> None:
