@@ -1,6 +1,6 @@
 """ERM on ImageNet (11 WordNet concepts) with ResNet-18 at 224x224, bf16.
 
-    python launch.py --config configs/imagenet_resnet18.py --workdir gs://BUCKET/imagenet_r18
+    python launch.py --config configs/imagenet_resnet18.py --workdir /shared/workdirs/imagenet_r18
 
 Cost: 90 epochs of batch 1024 at about 3.6 GFLOPs per image forward: under half of ResNet-50's.
 """

@@ -1,6 +1,6 @@
 """ERM on ImageNet (11 WordNet concepts) with ResNet-50 at 224x224, bf16: the TPU/GPU-scale reference job.
 
-    python launch.py --config configs/imagenet_resnet50.py --workdir gs://BUCKET/imagenet_r50
+    python launch.py --config configs/imagenet_resnet50.py --workdir /shared/workdirs/imagenet_r50
 
 Needs the tfds `imagenet2012` data set prepared as array_record in `config.dataset.data_dir`.
 Cost: 90 epochs = 112,600 steps of batch 1024, 115M images (about 8.2 GFLOPs per image forward, 3x that per

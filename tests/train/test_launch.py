@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from tests.train.helpers import REPO_ROOT, tiny_flags
