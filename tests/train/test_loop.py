@@ -45,7 +45,7 @@ def test_eight_devices_match_one_device():
     assert eight.trainer.jitted_train_step._cache_size() == 1  # Compiled once, never retraced.
     assert len(jax.tree_util.tree_leaves(state_eight.params)[0].sharding.device_set) == 8
     np.testing.assert_allclose(metrics_one["loss"], metrics_eight["loss"], rtol=1e-4)
-    np.testing.assert_allclose(metrics_one["concept_distribution"], metrics_eight["concept_distribution"], atol=1e-5)
+    np.testing.assert_allclose(metrics_one["concept_distribution"], metrics_eight["concept_distribution"], atol=1e-4)
     for a, b in zip(jax.tree_util.tree_leaves(state_one), jax.tree_util.tree_leaves(state_eight)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)
 
