@@ -33,7 +33,11 @@ from hrrl_jax.data.hierarchy import cifar100_hierarchy, fashion_mnist_hierarchy,
 from hrrl_jax.models import count_flops, create_model  # noqa: E402
 from hrrl_jax.train.run import build_trainer  # noqa: E402
 
-HIERARCHIES = {"imagenet2012": imagenet_hierarchy, "cifar100": cifar100_hierarchy, "fashion_mnist": fashion_mnist_hierarchy}
+HIERARCHIES = {
+    "imagenet2012": imagenet_hierarchy,
+    "cifar100": cifar100_hierarchy,
+    "fashion_mnist": fashion_mnist_hierarchy,
+}
 # Dense bf16 peak FLOP/s per chip, from the vendors' data sheets (SXM parts), for MFU.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5e": 197e12}
 
@@ -46,8 +50,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="bfloat16")
-    parser.add_argument("--labels-like", choices=tuple(HIERARCHIES), default="imagenet2012",
-                        help="Classes and concept hierarchy of the synthetic labels.")
+    parser.add_argument(
+        "--labels-like",
+        choices=tuple(HIERARCHIES),
+        default="imagenet2012",
+        help="Classes and concept hierarchy of the synthetic labels.",
+    )
     parser.add_argument("--methods", default="erm,el,cl,hrrl")
     parser.add_argument("--windows", type=int, default=5, help="Timed windows; the median is reported.")
     parser.add_argument("--steps-per-window", type=int, default=10)
@@ -167,7 +175,15 @@ def time_input(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    columns = ("method", "step_ms", "images_per_second", "ratio_to_erm", "mfu", "compiled_temp_bytes", "peak_bytes_in_use")
+    columns = (
+        "method",
+        "step_ms",
+        "images_per_second",
+        "ratio_to_erm",
+        "mfu",
+        "compiled_temp_bytes",
+        "peak_bytes_in_use",
+    )
     lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
     for row in rows:
         cells = []

@@ -37,18 +37,32 @@ def get_config():
     config.compare = ml_collections.ConfigDict()
     config.compare.methods = ("erm", "el", "cl", "hrrl", "group_dro")
     config.compare.seeds = (0, 1, 2)
-    config.compare.overrides = ml_collections.ConfigDict({
-        "el": {"example_level": "reweight", "gamma": 1.0, "example_temperature": 1.0},
-        "cl": {"divergence": "l2", "lam": 0.1, "prior": "uniform"},
-        "hrrl": {"divergence": "l2", "lam": 0.1, "prior": "uniform", "example_level": "reweight",
-                 "gamma": 1.0, "example_temperature": 1.0},
-        "group_dro": {"group_dro_eta": 0.01},
-    })
+    config.compare.overrides = ml_collections.ConfigDict(
+        {
+            "el": {"example_level": "reweight", "gamma": 1.0, "example_temperature": 1.0},
+            "cl": {"divergence": "l2", "lam": 0.1, "prior": "uniform"},
+            "hrrl": {
+                "divergence": "l2",
+                "lam": 0.1,
+                "prior": "uniform",
+                "example_level": "reweight",
+                "gamma": 1.0,
+                "example_temperature": 1.0,
+            },
+            "group_dro": {"group_dro_eta": 0.01},
+        }
+    )
     config.compare.lambda_sweep = (10.0, 1.0, 0.1)
     config.compare.sweep_methods = ("cl", "hrrl")
     config.compare.sweep_seeds = (0,)
     config.compare.targets = (
-        "shift/lowres2", "shift/lowres4", "shift/rotate30", "shift/blur", "shift/noise", "held_out", "digits",
+        "shift/lowres2",
+        "shift/lowres4",
+        "shift/rotate30",
+        "shift/blur",
+        "shift/noise",
+        "held_out",
+        "digits",
     )
     config.compare.probe_train_examples = 10_000
     config.compare.write_report = True  # False: only train and evaluate runs (to share them over processes).

@@ -1,4 +1,5 @@
 """Test set-up: 8 fake CPU devices for the sharding tests and a shared compilation cache, set before jax loads."""
+
 import os
 import tempfile
 

@@ -41,11 +41,12 @@ def read_idx(path: str) -> np.ndarray:
     zero, dtype_code, num_dims = content[0:2], content[2], content[3]
     if zero != b"\x00\x00" or dtype_code != 0x08:
         raise ValueError(f"{path} is not a uint8 IDX file (header {content[:4]!r}).")
-    shape = tuple(int.from_bytes(content[4 + 4 * d: 8 + 4 * d], "big") for d in range(num_dims))
+    shape = tuple(int.from_bytes(content[4 + 4 * d : 8 + 4 * d], "big") for d in range(num_dims))
     data = np.frombuffer(content, dtype=np.uint8, offset=4 + 4 * num_dims)
     if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {shape} but holds {data.size} values; "
-                         "the file is truncated or corrupt.")
+        raise ValueError(
+            f"{path}: header says shape {shape} but holds {data.size} values; the file is truncated or corrupt."
+        )
     return data.reshape(shape)
 
 
@@ -58,25 +59,29 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
-                "label": tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES),
+                }
+            ),
             supervised_keys=("image", "label"),
             homepage="https://github.com/zalandoresearch/fashion-mnist",
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Iterator]:
         paths = _manual_files(dl_manager) or dl_manager.download(
-            {key: tfds_mnist.FashionMNIST.URL + file_name for key, file_name in _FILES.items()})
-        return {split: self._generate_examples(paths[f"{split}_images"], paths[f"{split}_labels"])
-                for split in ("train", "test")}
+            {key: tfds_mnist.FashionMNIST.URL + file_name for key, file_name in _FILES.items()}
+        )
+        return {
+            split: self._generate_examples(paths[f"{split}_images"], paths[f"{split}_labels"])
+            for split in ("train", "test")
+        }
 
     def _generate_examples(self, images_path: Any, labels_path: Any) -> Iterator[tuple[int, dict]]:
         images, labels = read_idx(str(images_path)), read_idx(str(labels_path))
         if len(images) != len(labels):
-            raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds "
-                             f"{len(labels)} labels.")
+            raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels.")
         for index, (image, label) in enumerate(zip(images, labels)):
             yield index, {"image": image[:, :, None], "label": int(label)}
 
@@ -96,18 +101,19 @@ def prepared_builder(data_dir: str | None, manual_dir: str = DEFAULT_MANUAL_DIR)
     builder = FashionMnistLocal(data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
         try:
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
         except Exception as error:  # No files and no network show up as assorted exception types.
             raise FileNotFoundError(
                 f"Fashion-MNIST could not be prepared in {builder.data_dir!r}: no raw files in "
                 f"manual_dir {manual_dir!r} and the download failed. {_HOW_TO_GET} "
-                f"Cause: {type(error).__name__}: {error}") from error
+                f"Cause: {type(error).__name__}: {error}"
+            ) from error
     return builder
 
 
-def load_arrays(split: str, data_dir: str | None,
-                manual_dir: str = DEFAULT_MANUAL_DIR) -> tuple[np.ndarray, np.ndarray]:
+def load_arrays(
+    split: str, data_dir: str | None, manual_dir: str = DEFAULT_MANUAL_DIR
+) -> tuple[np.ndarray, np.ndarray]:
     """Images (uint8 [N, 28, 28, 1]) and labels (int32 [N]) of a Fashion-MNIST split, read through
     `tfds.data_source` in one batched read."""
     if split not in ("train", "test"):

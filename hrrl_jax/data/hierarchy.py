@@ -40,17 +40,19 @@ class ConceptHierarchy:
         if concept_of_class.shape != (len(self.class_names),):
             raise ValueError(
                 f"concept_of_class has shape {concept_of_class.shape} but there are "
-                f"{len(self.class_names)} class names; give one concept id per class.")
-        if concept_of_class.size and (
-                concept_of_class.min() < 0 or concept_of_class.max() >= len(self.concept_names)):
+                f"{len(self.class_names)} class names; give one concept id per class."
+            )
+        if concept_of_class.size and (concept_of_class.min() < 0 or concept_of_class.max() >= len(self.concept_names)):
             raise ValueError(
                 f"concept ids must lie in [0, {len(self.concept_names)}); saw "
-                f"[{concept_of_class.min()}, {concept_of_class.max()}].")
+                f"[{concept_of_class.min()}, {concept_of_class.max()}]."
+            )
         empty = sorted(set(range(len(self.concept_names))) - set(concept_of_class.tolist()))
         if empty:
             raise ValueError(
                 f"concepts {[self.concept_names[k] for k in empty]} have no class; drop them "
-                "(ConceptHierarchy.restricted_to does this).")
+                "(ConceptHierarchy.restricted_to does this)."
+            )
 
     @property
     def num_classes(self) -> int:
@@ -64,8 +66,7 @@ class ConceptHierarchy:
         """n_k = number of examples whose class belongs to concept k, int64 [K]."""
         labels = np.asarray(labels)
         if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes}); saw [{labels.min()}, {labels.max()}].")
+            raise ValueError(f"labels must lie in [0, {self.num_classes}); saw [{labels.min()}, {labels.max()}].")
         concepts = self.concept_of_class[labels.astype(np.int64)]
         return np.bincount(concepts, minlength=self.num_concepts).astype(np.int64)
 
@@ -95,10 +96,19 @@ class ConceptHierarchy:
         )
 
 
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DIGITS_CLASSES = tuple(str(d) for d in range(10))
 
 
@@ -112,8 +122,9 @@ def fashion_mnist_hierarchy() -> ConceptHierarchy:
     }
     concept_names = tuple(groups)
     concept_by_class = {c: k for k, members in enumerate(groups.values()) for c in members}
-    return ConceptHierarchy(FASHION_MNIST_CLASSES, concept_names,
-                            np.array([concept_by_class[c] for c in FASHION_MNIST_CLASSES]))
+    return ConceptHierarchy(
+        FASHION_MNIST_CLASSES, concept_names, np.array([concept_by_class[c] for c in FASHION_MNIST_CLASSES])
+    )
 
 
 def _read_concept_file(file_name: str) -> list[dict[str, str]]:
@@ -131,8 +142,11 @@ def cifar100_hierarchy() -> ConceptHierarchy:
     concept_names = [""] * 20
     for row in rows:
         concept_names[int(row["superclass_id"])] = row["superclass_name"]
-    return ConceptHierarchy(tuple(row["class_name"] for row in rows), tuple(concept_names),
-                            np.array([int(row["superclass_id"]) for row in rows]))
+    return ConceptHierarchy(
+        tuple(row["class_name"] for row in rows),
+        tuple(concept_names),
+        np.array([int(row["superclass_id"]) for row in rows]),
+    )
 
 
 def imagenet_hierarchy() -> ConceptHierarchy:
@@ -146,5 +160,8 @@ def imagenet_hierarchy() -> ConceptHierarchy:
     for row in rows:
         if row["concept_name"] not in concept_names:
             concept_names.append(row["concept_name"])
-    return ConceptHierarchy(tuple(row["class_id"] for row in rows), tuple(concept_names),
-                            np.array([concept_names.index(row["concept_name"]) for row in rows]))
+    return ConceptHierarchy(
+        tuple(row["class_id"] for row in rows),
+        tuple(concept_names),
+        np.array([concept_names.index(row["concept_name"]) for row in rows]),
+    )

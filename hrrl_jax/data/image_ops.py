@@ -68,7 +68,7 @@ def crop_boxes_and_resize(images: np.ndarray, boxes: np.ndarray, size: int) -> n
     """float32 [B, size, size, C]: each image cropped to its box and resized (bilinear)."""
     out = np.empty((len(images), size, size, images.shape[-1]), np.float32)
     for index, (top, left, height, width) in enumerate(boxes):
-        crop = images[index:index + 1, top:top + height, left:left + width]
+        crop = images[index : index + 1, top : top + height, left : left + width]
         out[index] = resize_bilinear(crop, size, size)[0]
     return out
 

@@ -17,23 +17,48 @@ IMAGENET_STORED_SIZE = 256
 _DIGITS_TEST_SIZE = 450
 _DIGITS_SPLIT_SEED = 0
 
-FASHION_MNIST_INFO = DatasetInfo("fashion_mnist", 10, (28, 28, 1), hierarchy.fashion_mnist_hierarchy(),
-                                 mean=(0.2860,), std=(0.3530,))
-DIGITS_INFO = DatasetInfo("digits", 10, (8, 8, 1), hierarchy.ConceptHierarchy.identity(hierarchy.DIGITS_CLASSES),
-                          mean=(0.3053,), std=(0.3759,))
-CIFAR10_INFO = DatasetInfo("cifar10", 10, (32, 32, 3), hierarchy.ConceptHierarchy.identity(hierarchy.CIFAR10_CLASSES),
-                           mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
-CIFAR100_INFO = DatasetInfo("cifar100", 100, (32, 32, 3), hierarchy.cifar100_hierarchy(),
-                            mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
-IMAGENET_INFO = DatasetInfo("imagenet2012", 1000, (IMAGENET_STORED_SIZE, IMAGENET_STORED_SIZE, 3),
-                            hierarchy.imagenet_hierarchy(),
-                            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+FASHION_MNIST_INFO = DatasetInfo(
+    "fashion_mnist", 10, (28, 28, 1), hierarchy.fashion_mnist_hierarchy(), mean=(0.2860,), std=(0.3530,)
+)
+DIGITS_INFO = DatasetInfo(
+    "digits",
+    10,
+    (8, 8, 1),
+    hierarchy.ConceptHierarchy.identity(hierarchy.DIGITS_CLASSES),
+    mean=(0.3053,),
+    std=(0.3759,),
+)
+CIFAR10_INFO = DatasetInfo(
+    "cifar10",
+    10,
+    (32, 32, 3),
+    hierarchy.ConceptHierarchy.identity(hierarchy.CIFAR10_CLASSES),
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+)
+CIFAR100_INFO = DatasetInfo(
+    "cifar100",
+    100,
+    (32, 32, 3),
+    hierarchy.cifar100_hierarchy(),
+    mean=(0.5071, 0.4865, 0.4409),
+    std=(0.2673, 0.2564, 0.2762),
+)
+IMAGENET_INFO = DatasetInfo(
+    "imagenet2012",
+    1000,
+    (IMAGENET_STORED_SIZE, IMAGENET_STORED_SIZE, 3),
+    hierarchy.imagenet_hierarchy(),
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+)
 
 
 def _check_split(info: DatasetInfo, split: str, known: tuple[str, ...]) -> None:
     if split not in known:
-        raise ValueError(f"{info.name} has splits {known}; got {split!r}. Sub-splits such as "
-                         f"'{known[0]}[:90%]' are also accepted.")
+        raise ValueError(
+            f"{info.name} has splits {known}; got {split!r}. Sub-splits such as '{known[0]}[:90%]' are also accepted."
+        )
 
 
 @functools.lru_cache(maxsize=8)
@@ -102,7 +127,7 @@ def centre_square(image: np.ndarray, size: int) -> np.ndarray:
     new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
     resized = np.asarray(Image.fromarray(image).resize((new_width, new_height), Image.BILINEAR))
     top, left = (new_height - size) // 2, (new_width - size) // 2
-    return resized[top:top + size, left:left + size]
+    return resized[top : top + size, left : left + size]
 
 
 def load_imagenet(split: str, data_dir: str | None) -> SplitData:
@@ -118,7 +143,10 @@ def load_imagenet(split: str, data_dir: str | None) -> SplitData:
 
     def read_images(indices: np.ndarray) -> np.ndarray:
         images = tfds_sources.read_images(source, indices)
-        return np.stack([centre_square(image, IMAGENET_STORED_SIZE) for image in images]) if images \
+        return (
+            np.stack([centre_square(image, IMAGENET_STORED_SIZE) for image in images])
+            if images
             else np.zeros((0, *IMAGENET_INFO.image_shape), np.uint8)
+        )
 
     return SplitData(IMAGENET_INFO, labels, read_images)

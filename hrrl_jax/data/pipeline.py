@@ -53,9 +53,18 @@ class InputPipeline:
       prefetch: batches prepared ahead by a background thread in `iterate` and `eval_batches`.
     """
 
-    def __init__(self, split: SplitData, *, global_batch_size: int, seed: int, train: bool,
-                 image_size: int | None = None, augment: bool = True,
-                 sharding: jax.sharding.NamedSharding | None = None, prefetch: int = 2) -> None:
+    def __init__(
+        self,
+        split: SplitData,
+        *,
+        global_batch_size: int,
+        seed: int,
+        train: bool,
+        image_size: int | None = None,
+        augment: bool = True,
+        sharding: jax.sharding.NamedSharding | None = None,
+        prefetch: int = 2,
+    ) -> None:
         self.split = split
         self.info = split.info
         self.global_batch_size = int(global_batch_size)
@@ -75,12 +84,16 @@ class InputPipeline:
 
         self._process_index, process_count = jax.process_index(), jax.process_count()
         if self.global_batch_size <= 0 or self.global_batch_size % process_count:
-            raise ValueError(f"global_batch_size must be a positive multiple of the process count "
-                             f"{process_count}; got {global_batch_size}.")
+            raise ValueError(
+                f"global_batch_size must be a positive multiple of the process count "
+                f"{process_count}; got {global_batch_size}."
+            )
         self.local_batch_size = self.global_batch_size // process_count
         if train and len(split) < self.global_batch_size:
-            raise ValueError(f"{self.info.name} has {len(split)} examples, fewer than global_batch_size "
-                             f"{self.global_batch_size}; lower the batch size.")
+            raise ValueError(
+                f"{self.info.name} has {len(split)} examples, fewer than global_batch_size "
+                f"{self.global_batch_size}; lower the batch size."
+            )
         self._check_labels()
         self._epoch_cache: tuple[int, np.ndarray] | None = None
 
@@ -91,7 +104,8 @@ class InputPipeline:
             raise ValueError(
                 f"label {labels[bad[0]]} of example {bad[0]} of {self.info.name} is outside the class range "
                 f"[0, {self.info.num_classes}) ({bad.size} such examples); fix the labels or the data "
-                "set's num_classes.")
+                "set's num_classes."
+            )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -118,11 +132,14 @@ class InputPipeline:
         if step < 0:
             raise ValueError(f"step must be >= 0; got {step}.")
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{self.info.name} has {len(self.split)} examples, fewer than one batch of "
-                             f"{self.global_batch_size}; lower the batch size.")
+            raise ValueError(
+                f"{self.info.name} has {len(self.split)} examples, fewer than one batch of "
+                f"{self.global_batch_size}; lower the batch size."
+            )
         epoch, position = divmod(step, self.steps_per_epoch)
-        batch_indices = self._epoch_order(epoch)[position * self.global_batch_size:
-                                                 (position + 1) * self.global_batch_size]
+        batch_indices = self._epoch_order(epoch)[
+            position * self.global_batch_size : (position + 1) * self.global_batch_size
+        ]
         rows = self._local_rows()
         rng = np.random.default_rng([self.seed, _AUGMENT_STREAM, step])
         images = self._transform(self.split.get_images(batch_indices[rows]), rng, rows)
@@ -133,8 +150,11 @@ class InputPipeline:
         height, width, _ = self.output_shape
         batch = self.global_batch_size
         if self._base_name in _ON_DEMAND_CROP:
-            boxes = (image_ops.random_resized_crop_boxes(rng, batch, images.shape[1]) if self.augment
-                     else image_ops.centre_crop_boxes(batch, images.shape[1]))
+            boxes = (
+                image_ops.random_resized_crop_boxes(rng, batch, images.shape[1])
+                if self.augment
+                else image_ops.centre_crop_boxes(batch, images.shape[1])
+            )
             images = image_ops.crop_boxes_and_resize(images, boxes[rows], height)
         else:
             images = image_ops.resize_bilinear(images, height, width)
@@ -148,8 +168,7 @@ class InputPipeline:
     def _to_global(self, host_batch: dict[str, np.ndarray]) -> Batch:
         if self.sharding is None:
             return host_batch
-        return {key: jax.make_array_from_process_local_data(self.sharding, value)
-                for key, value in host_batch.items()}
+        return {key: jax.make_array_from_process_local_data(self.sharding, value) for key, value in host_batch.items()}
 
     def global_batch(self, step: int) -> Batch:
         """The training batch of `step`: global jax arrays with `sharding`, else numpy."""
@@ -173,8 +192,9 @@ class InputPipeline:
 
     def eval_batches(self) -> Iterator[Batch]:
         """One pass over the split in order: num_eval_batches batches with "mask", prepared ahead."""
-        return _prefetched(lambda index: self._to_global(self.host_eval_batch(index)),
-                           range(self.num_eval_batches), self.prefetch)
+        return _prefetched(
+            lambda index: self._to_global(self.host_eval_batch(index)), range(self.num_eval_batches), self.prefetch
+        )
 
 
 def _count_from(start: int) -> Iterator[int]:

@@ -49,15 +49,17 @@ def _with_shift(base: SplitData, name: str, shift: str, *, on_demand: bool) -> S
     else the whole split once (the same values, as the noise is drawn per example)."""
     info = dataclasses.replace(base.info, name=name)
     if on_demand:
-        return SplitData(info, base.labels, lambda indices: apply_shift(
-            base.get_images(indices), shift, seed=SHIFT_SEED, example_ids=indices))
+        return SplitData(
+            info,
+            base.labels,
+            lambda indices: apply_shift(base.get_images(indices), shift, seed=SHIFT_SEED, example_ids=indices),
+        )
     everything = np.arange(len(base))
     shifted = apply_shift(base.get_images(everything), shift, seed=SHIFT_SEED, example_ids=everything)
     return SplitData.from_arrays(info, shifted, base.labels)
 
 
-def _kept_classes(num_classes: int, exclude_classes: Sequence[int],
-                  only_classes: Sequence[int]) -> list[int]:
+def _kept_classes(num_classes: int, exclude_classes: Sequence[int], only_classes: Sequence[int]) -> list[int]:
     for argument, classes in (("exclude_classes", exclude_classes), ("only_classes", only_classes)):
         bad = [c for c in classes if not 0 <= int(c) < num_classes]
         if bad:
@@ -66,8 +68,7 @@ def _kept_classes(num_classes: int, exclude_classes: Sequence[int],
     candidates = [int(c) for c in only_classes] if len(only_classes) else range(num_classes)
     kept = [c for c in candidates if c not in excluded]
     if not kept:
-        raise ValueError(f"no class left: only_classes={list(only_classes)}, "
-                         f"exclude_classes={list(exclude_classes)}.")
+        raise ValueError(f"no class left: only_classes={list(only_classes)}, exclude_classes={list(exclude_classes)}.")
     return kept
 
 
@@ -83,8 +84,14 @@ def _with_classes(split_data: SplitData, kept: list[int]) -> SplitData:
     return split_data.select(rows, labels=new_label[split_data.labels[rows]], info=new_info)
 
 
-def load_split(name: str, split: str, *, data_dir: str | None = None,
-               exclude_classes: Sequence[int] = (), only_classes: Sequence[int] = ()) -> SplitData:
+def load_split(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    exclude_classes: Sequence[int] = (),
+    only_classes: Sequence[int] = (),
+) -> SplitData:
     """Loads one split of a named data set.
 
     Args:
@@ -114,6 +121,7 @@ def load_split(name: str, split: str, *, data_dir: str | None = None,
     if shift:
         split_data = _with_shift(split_data, name, shift, on_demand=base_name in _READ_ON_DEMAND)
     if len(exclude_classes) or len(only_classes):
-        split_data = _with_classes(split_data, _kept_classes(split_data.info.num_classes,
-                                                             exclude_classes, only_classes))
+        split_data = _with_classes(
+            split_data, _kept_classes(split_data.info.num_classes, exclude_classes, only_classes)
+        )
     return split_data

@@ -30,13 +30,13 @@ def _restore_low_resolution(images: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _rotate(images: np.ndarray, degrees: float) -> np.ndarray:
-    return scipy.ndimage.rotate(images.astype(np.float32), degrees, axes=(2, 1), reshape=False,
-                                order=1, mode="constant", cval=0.0)
+    return scipy.ndimage.rotate(
+        images.astype(np.float32), degrees, axes=(2, 1), reshape=False, order=1, mode="constant", cval=0.0
+    )
 
 
 def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
-    return scipy.ndimage.gaussian_filter(images.astype(np.float32), sigma=(0, sigma, sigma, 0),
-                                         mode="nearest")
+    return scipy.ndimage.gaussian_filter(images.astype(np.float32), sigma=(0, sigma, sigma, 0), mode="nearest")
 
 
 _DETERMINISTIC_SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -49,8 +49,7 @@ _DETERMINISTIC_SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 KNOWN_SHIFTS: tuple[str, ...] = (*_DETERMINISTIC_SHIFTS, "noise")
 
 
-def apply_shift(images: np.ndarray, shift: str, *, seed: int,
-                example_ids: np.ndarray | None = None) -> np.ndarray:
+def apply_shift(images: np.ndarray, shift: str, *, seed: int, example_ids: np.ndarray | None = None) -> np.ndarray:
     """Applies the appearance shift `shift` to uint8 NHWC images.
 
     Args:
@@ -66,14 +65,16 @@ def apply_shift(images: np.ndarray, shift: str, *, seed: int,
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.dtype != np.uint8:
-        raise ValueError(f"apply_shift expects uint8 images [N, H, W, C]; got {images.dtype} "
-                         f"of shape {images.shape}.")
+        raise ValueError(f"apply_shift expects uint8 images [N, H, W, C]; got {images.dtype} of shape {images.shape}.")
     if shift == "noise":
         ids = np.arange(len(images)) if example_ids is None else np.asarray(example_ids)
         if ids.shape != (len(images),):
             raise ValueError(f"example_ids has shape {ids.shape}; expected ({len(images)},).")
-        noise = np.stack([np.random.default_rng([seed, int(i)]).normal(0.0, _NOISE_STD, images.shape[1:])
-                          for i in ids]) if len(images) else np.zeros(images.shape)
+        noise = (
+            np.stack([np.random.default_rng([seed, int(i)]).normal(0.0, _NOISE_STD, images.shape[1:]) for i in ids])
+            if len(images)
+            else np.zeros(images.shape)
+        )
         shifted = images.astype(np.float32) + noise.astype(np.float32)
     elif shift in _DETERMINISTIC_SHIFTS:
         shifted = _DETERMINISTIC_SHIFTS[shift](images)

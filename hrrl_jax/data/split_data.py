@@ -31,12 +31,15 @@ class DatasetInfo:
 
     def __post_init__(self) -> None:
         if self.hierarchy.num_classes != self.num_classes:
-            raise ValueError(f"{self.name}: num_classes is {self.num_classes} but the hierarchy has "
-                             f"{self.hierarchy.num_classes} classes.")
+            raise ValueError(
+                f"{self.name}: num_classes is {self.num_classes} but the hierarchy has "
+                f"{self.hierarchy.num_classes} classes."
+            )
         channels = self.image_shape[-1]
         if len(self.mean) != channels or len(self.std) != channels:
-            raise ValueError(f"{self.name}: mean {self.mean} and std {self.std} need one value per "
-                             f"channel ({channels}).")
+            raise ValueError(
+                f"{self.name}: mean {self.mean} and std {self.std} need one value per channel ({channels})."
+            )
 
 
 class SplitData:
@@ -46,8 +49,7 @@ class SplitData:
     data sets, a TFDS data source for large ones.
     """
 
-    def __init__(self, info: DatasetInfo, labels: np.ndarray,
-                 read_images: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(self, info: DatasetInfo, labels: np.ndarray, read_images: Callable[[np.ndarray], np.ndarray]) -> None:
         self.info = info
         self.labels = np.asarray(labels, dtype=np.int32)
         self.labels.setflags(write=False)
@@ -58,8 +60,10 @@ class SplitData:
         """A split held in memory: images uint8 [N, H, W, C]."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.shape[1:] != info.image_shape:
-            raise ValueError(f"{info.name}: images must be uint8 of shape [N, *{info.image_shape}]; "
-                             f"got {images.dtype} {images.shape}.")
+            raise ValueError(
+                f"{info.name}: images must be uint8 of shape [N, *{info.image_shape}]; "
+                f"got {images.dtype} {images.shape}."
+            )
         if len(images) != len(labels):
             raise ValueError(f"{info.name}: {len(images)} images but {len(labels)} labels.")
         images.setflags(write=False)
@@ -74,13 +78,18 @@ class SplitData:
         if indices.ndim != 1:
             raise ValueError(f"indices must be one-dimensional; got shape {indices.shape}.")
         if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
-            raise IndexError(f"{self.info.name}: indices must lie in [0, {len(self)}); saw "
-                             f"[{indices.min()}, {indices.max()}].")
+            raise IndexError(
+                f"{self.info.name}: indices must lie in [0, {len(self)}); saw [{indices.min()}, {indices.max()}]."
+            )
         return self._read_images(indices)
 
-    def select(self, rows: np.ndarray, *, labels: np.ndarray | None = None,
-               info: DatasetInfo | None = None) -> SplitData:
+    def select(
+        self, rows: np.ndarray, *, labels: np.ndarray | None = None, info: DatasetInfo | None = None
+    ) -> SplitData:
         """The sub-split of the given rows (in that order), with optionally new labels and info."""
         rows = np.asarray(rows, dtype=np.int64)
-        return SplitData(info or self.info, self.labels[rows] if labels is None else labels,
-                         lambda indices: self._read_images(rows[indices]))
+        return SplitData(
+            info or self.info,
+            self.labels[rows] if labels is None else labels,
+            lambda indices: self._read_images(rows[indices]),
+        )

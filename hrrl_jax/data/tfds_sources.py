@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 
 _PREPARE_HINTS = {
     "imagenet2012": " (ImageNet needs ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in "
-                    "--manual_dir, see the TFDS catalogue page of imagenet2012)",
+    "--manual_dir, see the TFDS catalogue page of imagenet2012)",
 }
 
 
@@ -37,7 +37,8 @@ def open_data_source(name: str, split: str, data_dir: str | None) -> Sequence[di
             f"{directory!r}. Prepare it on a machine with internet access with\n"
             f"  tfds build {name} --file_format=array_record --data_dir={directory}"
             f"{_PREPARE_HINTS.get(name, '')}\n"
-            f"or pass data_dir= where it is prepared. TFDS said: {type(error).__name__}: {error}") from error
+            f"or pass data_dir= where it is prepared. TFDS said: {type(error).__name__}: {error}"
+        ) from error
 
 
 def decode_image(value: Any) -> np.ndarray:
@@ -100,8 +101,9 @@ def _undecoded_source(name: str, split: str, data_dir: str | None) -> Sequence[d
     Skipping decoding needs the records themselves; TFDS' mock data re-encodes images for it, which
     needs TensorFlow, so there the decoding source is used instead.
     """
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                              decoders={"image": tfds.decode.SkipDecoding()})
+    source = tfds.data_source(
+        name, split=split, data_dir=data_dir, download=False, decoders={"image": tfds.decode.SkipDecoding()}
+    )
     try:
         if len(source):
             source[0]

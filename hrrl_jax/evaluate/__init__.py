@@ -1,4 +1,5 @@
 """Evaluation of frozen features and comparisons: linear probe, kNN retrieval, markdown report, figures."""
+
 from hrrl_jax.evaluate.plots import plot_concept_distribution, plot_per_concept_accuracy, plot_transfer_accuracy
 from hrrl_jax.evaluate.probe import (
     DEFAULT_L2_GRID,

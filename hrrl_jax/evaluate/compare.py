@@ -29,7 +29,9 @@ from hrrl_jax.train.loop import train_and_evaluate
 SOURCE_KEYS = ("test_accuracy", "per_concept_accuracy", "worst_concept_accuracy", "best_concept_accuracy")
 
 
-def run_config(config: ml_collections.ConfigDict, method: str, seed: int, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+def run_config(
+    config: ml_collections.ConfigDict, method: str, seed: int, overrides: dict[str, Any]
+) -> ml_collections.ConfigDict:
     """One training run's config: the shared budget, the method, the seed and its robust hyperparameters."""
     single = copy.deepcopy(config)
     with single.unlocked():
@@ -54,8 +56,10 @@ def target_splits(config: ml_collections.ConfigDict, name: str):
     else:
         raise ValueError(f"Unknown comparison target {name!r}; use shift/<shift>, held_out or digits.")
     data_dir = dataset.data_dir or None
-    return (load_split(full, "train", data_dir=data_dir, **kwargs),
-            load_split(full, "test", data_dir=data_dir, **kwargs))
+    return (
+        load_split(full, "train", data_dir=data_dir, **kwargs),
+        load_split(full, "test", data_dir=data_dir, **kwargs),
+    )
 
 
 def evaluate_target(trained: TrainedModel, splits, *, probe_train_examples: int, seed: int) -> dict[str, float]:
@@ -67,14 +71,22 @@ def evaluate_target(trained: TrainedModel, splits, *, probe_train_examples: int,
     train_features, train_labels = extract_features(trained, train_split)
     test_features, test_labels = extract_features(trained, test_split)
     probe = evaluate_linear_probe(
-        train_features, train_labels, test_features, test_labels,
-        num_classes=test_split.info.num_classes, seed=seed,
+        train_features,
+        train_labels,
+        test_features,
+        test_labels,
+        num_classes=test_split.info.num_classes,
+        seed=seed,
     )
     return {"probe": probe["test_accuracy"], "recall_at_1": recall_at_k(test_features, test_labels, k=1)}
 
 
 def run_record(
-    config: ml_collections.ConfigDict, workdir: str, label: str, *, targets: Mapping[str, Callable[[], Any]],
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    label: str,
+    *,
+    targets: Mapping[str, Callable[[], Any]],
     probe_train_examples: int,
 ) -> dict[str, Any]:
     """Trains (or reuses) one run and evaluates (or reuses) its transfer results.
@@ -190,12 +202,19 @@ def write_outputs(config, workdir: str, main_records: list[dict], sweep_records:
     )
     with open(os.path.join(workdir, "report.md"), "w") as file:
         file.write(main_report + "\n\n" + sweep_report)
-    plots.plot_per_concept_accuracy(main_records, os.path.join(workdir, "per_concept_accuracy.png"), method_order=methods)
-    plots.plot_per_concept_accuracy(sweep_records, os.path.join(workdir, "lambda_sweep_per_concept_accuracy.png"),
-                                    method_order=sweep_order)
-    histories = {r["method"]: r["concept_distribution"] for r in main_records if r["seed"] == min(config.compare.seeds)
-                 and r["concept_distribution"]}
+    plots.plot_per_concept_accuracy(
+        main_records, os.path.join(workdir, "per_concept_accuracy.png"), method_order=methods
+    )
+    plots.plot_per_concept_accuracy(
+        sweep_records, os.path.join(workdir, "lambda_sweep_per_concept_accuracy.png"), method_order=sweep_order
+    )
+    histories = {
+        r["method"]: r["concept_distribution"]
+        for r in main_records
+        if r["seed"] == min(config.compare.seeds) and r["concept_distribution"]
+    }
     concept_names = list(main_records[0]["source"]["per_concept_accuracy"])
-    plots.plot_concept_distribution(histories, os.path.join(workdir, "concept_distribution.png"),
-                                    concept_names=concept_names)
+    plots.plot_concept_distribution(
+        histories, os.path.join(workdir, "concept_distribution.png"), concept_names=concept_names
+    )
     plots.plot_transfer_accuracy(main_records, os.path.join(workdir, "transfer_accuracy.png"), method_order=methods)

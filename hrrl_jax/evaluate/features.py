@@ -47,7 +47,9 @@ def load_trained_model(workdir: str) -> TrainedModel:
     with open(config_path) as file:
         config = ml_collections.ConfigDict(json.load(file))
     checkpoints = os.path.join(os.path.abspath(workdir), "checkpoints")
-    steps = sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit()) if os.path.isdir(checkpoints) else []
+    steps = (
+        sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit()) if os.path.isdir(checkpoints) else []
+    )
     if not steps:
         raise FileNotFoundError(f"No checkpoint in {checkpoints}: train the run first (launch.py).")
     saved = ocp.PyTreeCheckpointer().restore(os.path.join(checkpoints, str(steps[-1]), "state"))
@@ -68,13 +70,19 @@ def source_image_size(trained: TrainedModel) -> int:
     return trained.config.dataset.image_size or trained.info.image_shape[0]
 
 
-def extract_features(trained: TrainedModel, split: SplitData, *, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+def extract_features(
+    trained: TrainedModel, split: SplitData, *, batch_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
     """Features (float32 [N, D]) and labels (int32 [N]) of every example of `split`, in order."""
     _, data_sharding, replicated = data_parallel_mesh()
     batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
     pipeline = InputPipeline(
-        split, global_batch_size=batch_size, seed=0, train=False,
-        image_size=source_image_size(trained), sharding=data_sharding,
+        split,
+        global_batch_size=batch_size,
+        seed=0,
+        train=False,
+        image_size=source_image_size(trained),
+        sharding=data_sharding,
     )
     variables = jax.device_put(trained.variables, replicated)
     embed = jax.jit(functools.partial(_features, trained.model), out_shardings=replicated)
@@ -116,8 +124,9 @@ def split_from_images(trained: TrainedModel, images: np.ndarray, labels: np.ndar
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m hrrl_jax.features", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m hrrl_jax.features", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workdir", required=True, help="Work directory of a finished (or checkpointed) run.")
     parser.add_argument("--dataset", help="Any data set name load_split knows, e.g. fashion_mnist_shift/lowres4.")
     parser.add_argument("--split", default="test")

@@ -6,6 +6,7 @@ display and no global backend switch, so importing this module changes nothing f
 method keeps one colour across all figures. Values come from ``report.aggregate``: bars are means over
 seeds in percent, error bars the sample std (none with one seed).
 """
+
 from __future__ import annotations
 
 import math
@@ -121,9 +122,7 @@ def plot_transfer_accuracy(
         _grouped_bars(axes, targets, methods, lambda m, t, key=key: aggregated[m]["targets"].get(t, {}).get(key))
         axes.set_xlabel("Target")
         axes.set_ylabel(name)
-    figure.legend(
-        *all_axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small", title="method"
-    )
+    figure.legend(*all_axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize="small", title="method")
     figure.suptitle(title)
     return _save(figure, path)
 

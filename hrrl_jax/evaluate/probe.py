@@ -13,6 +13,7 @@ The probe answers "how linearly separable are the target classes in this feature
 The test set is never seen before the final ``probe_accuracy`` call, so the choice of ``l2`` cannot
 depend on it. Everything is deterministic given ``seed``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -154,7 +155,9 @@ def _predict(weights: jax.Array, bias: jax.Array, standardised_features: jax.Arr
     return jnp.argmax(standardised_features @ weights + bias, axis=-1)
 
 
-def stratified_validation_split(labels: np.ndarray, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_validation_split(
+    labels: np.ndarray, validation_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (fit, validation): round(fraction · n_c) random examples of each class c go to validation."""
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in (0, 1); got {validation_fraction}.")

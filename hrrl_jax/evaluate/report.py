@@ -9,6 +9,7 @@ Accuracies are fractions in [0, 1]; the report prints them as percentages. Every
 "mean ± std (n)": the mean over seeds, the sample standard deviation (ddof = 1, shown when n >= 2) and
 the number of seeds n.
 """
+
 from __future__ import annotations
 
 import math
@@ -227,7 +228,9 @@ def _difference_table(aggregated: Mapping, methods: Sequence[str], reference: st
             method_summary = aggregated[method]["source"].get(key)
             reference_summary = aggregated[reference]["source"].get(key)
             missing = method_summary is None or reference_summary is None
-            cells.append("–" if missing else format_difference(paired_difference(method_summary, reference_summary), decimals))
+            cells.append(
+                "–" if missing else format_difference(paired_difference(method_summary, reference_summary), decimals)
+            )
         rows.append([method, *cells])
     return _markdown_table([f"method − {reference}", *(f"Δ {title}" for _, title in SOURCE_METRICS)], rows)
 

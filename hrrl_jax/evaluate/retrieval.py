@@ -5,6 +5,7 @@ Features are L2-normalised, so similarity(q, g) = <q/‖q‖, g/‖g‖>. Querie
 similarities lives at a time: 10k x 10k needs about 40 MB per 1024-query block, never 400 MB.
 When no gallery is given the queries are their own gallery and each query's own entry is excluded.
 """
+
 from __future__ import annotations
 
 import functools
@@ -82,9 +83,7 @@ def nearest_neighbour_labels(
         raise ValueError(f"gallery labels must have shape ({gallery.shape[0]},); got {gallery_labels.shape}.")
     available = gallery.shape[0] - int(exclude_self)
     if not 1 <= k <= available:
-        raise ValueError(
-            f"k must be between 1 and the {available} gallery rows a query can retrieve; got k={k}."
-        )
+        raise ValueError(f"k must be between 1 and the {available} gallery rows a query can retrieve; got k={k}.")
     if block_size < 1:
         raise ValueError(f"block_size must be a positive number of queries; got {block_size}.")
     indices = _nearest_gallery_indices(

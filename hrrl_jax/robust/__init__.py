@@ -3,6 +3,7 @@
 A pure library core (imports only jax, numpy and optax): the closed-form worst cases of METHOD.md, the
 unbiased minibatch estimators, and the optax transform that runs the concept-level adversary.
 """
+
 from hrrl_jax.robust.concept_level import DIVERGENCES, concept_best_response, default_cost
 from hrrl_jax.robust.estimators import concept_loss_estimate, weight_stats
 from hrrl_jax.robust.example_level import (

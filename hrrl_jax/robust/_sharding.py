@@ -5,6 +5,7 @@ pairwise feature distances) and looks up per-class tables. Under ``jax.sharding.
 axes such mixed shardings are a trace-time error, so the batch-sized inputs are made replicated first;
 under ``Auto`` axes (or no mesh) XLA places the collectives itself and the input is returned unchanged.
 """
+
 import jax
 from jax.sharding import AxisType, PartitionSpec
 

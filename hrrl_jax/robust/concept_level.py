@@ -3,6 +3,7 @@
 For concept losses ``f ∈ R^K``, a prior ``q`` on the simplex and a penalty ``λ > 0``, each function
 returns the exact maximiser of ``⟨p, f⟩ − λ·D(p, q)`` over the simplex (METHOD.md, concept level).
 """
+
 import functools
 from typing import Literal
 
@@ -107,9 +108,7 @@ def _wasserstein_best_response(
     num_concepts = concept_losses.shape[-1]
     cost = default_cost(num_concepts) if cost is None else jnp.asarray(cost, jnp.float32)
     if cost.shape != (num_concepts, num_concepts):
-        raise ValueError(
-            f"cost must be a [K, K] = [{num_concepts}, {num_concepts}] matrix, got shape {cost.shape}."
-        )
+        raise ValueError(f"cost must be a [K, K] = [{num_concepts}, {num_concepts}] matrix, got shape {cost.shape}.")
     penalty = jnp.where(cost == 0, 0.0, lam * cost)
     scores = (concept_losses[..., None, :] - penalty) / jnp.asarray(temperature, jnp.float32)
     transport = jax.nn.softmax(scores, axis=-1)

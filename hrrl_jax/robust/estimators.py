@@ -1,4 +1,5 @@
 """Minibatch estimators: the unbiased per-concept loss ``f̂`` and summary statistics of weights."""
+
 import jax
 import jax.numpy as jnp
 
@@ -33,9 +34,7 @@ def concept_loss_estimate(
     loss = replicated(jnp.asarray(per_example_loss, jnp.float32))
     labels = replicated(jnp.asarray(labels))
     if loss.ndim != 1 or labels.shape != loss.shape:
-        raise ValueError(
-            f"expected per_example_loss [m] and labels [m], got shapes {loss.shape} and {labels.shape}."
-        )
+        raise ValueError(f"expected per_example_loss [m] and labels [m], got shapes {loss.shape} and {labels.shape}.")
     concept_sizes = jnp.asarray(concept_sizes, jnp.float32)
     concept = jnp.asarray(concept_of_class)[labels]
     importance = jnp.sum(concept_sizes) / concept_sizes[concept]

@@ -5,6 +5,7 @@ The ground cost moves mass only between examples of the same class, in deep-feat
 (Sinha, Namkoong, Duchi, "Certifying Some Distributional Robustness with Principled Adversarial
 Training", ICLR 2018). See METHOD.md, example level.
 """
+
 import functools
 
 import jax

@@ -5,6 +5,7 @@ array leaves, so inside the transform's state it is part of the tree structure. 
 static, Orbax and sharding see only the state's arrays, and equality is identity (hashing numpy arrays
 by value on every jit call would cost more than it saves).
 """
+
 import dataclasses
 import math
 import numbers
@@ -61,21 +62,29 @@ def make_settings(concept_of_class: Any, concept_sizes: Any, **options: Any) -> 
     concept_of_class = np.asarray(concept_of_class)
     concept_sizes = np.asarray(concept_sizes, np.float64)
     if concept_of_class.ndim != 1 or not np.issubdtype(concept_of_class.dtype, np.integer):
-        raise ValueError(f"concept_of_class must be a 1-D integer array [C], got dtype "
-                         f"{concept_of_class.dtype} and shape {concept_of_class.shape}.")
+        raise ValueError(
+            f"concept_of_class must be a 1-D integer array [C], got dtype "
+            f"{concept_of_class.dtype} and shape {concept_of_class.shape}."
+        )
     if concept_sizes.ndim != 1 or concept_sizes.size == 0 or not np.all(concept_sizes > 0):
-        raise ValueError(f"concept_sizes must be a non-empty 1-D array of positive counts n_k, got "
-                         f"{concept_sizes.tolist() if concept_sizes.size <= 20 else concept_sizes.shape}; "
-                         "drop or merge concepts without training examples.")
+        raise ValueError(
+            f"concept_sizes must be a non-empty 1-D array of positive counts n_k, got "
+            f"{concept_sizes.tolist() if concept_sizes.size <= 20 else concept_sizes.shape}; "
+            "drop or merge concepts without training examples."
+        )
     num_concepts = concept_sizes.shape[0]
     if concept_of_class.size and (concept_of_class.min() < 0 or concept_of_class.max() >= num_concepts):
-        raise ValueError(f"concept_of_class must take values in [0, {num_concepts}) (one per concept size), "
-                         f"got values in [{concept_of_class.min()}, {concept_of_class.max()}].")
+        raise ValueError(
+            f"concept_of_class must take values in [0, {num_concepts}) (one per concept size), "
+            f"got values in [{concept_of_class.min()}, {concept_of_class.max()}]."
+        )
     _check_choice("divergence", options["divergence"], DIVERGENCES)
     if options["example_level"] == "perturb":
-        raise ValueError("example_level='perturb' changes the loss, not the weights: apply perturb_features "
-                         "inside the loss function, pass the robust per-example losses, and use "
-                         "example_level='none' here.")
+        raise ValueError(
+            "example_level='perturb' changes the loss, not the weights: apply perturb_features "
+            "inside the loss function, pass the robust per-example losses, and use "
+            "example_level='none' here."
+        )
     _check_choice("example_level", options["example_level"], EXAMPLE_LEVELS)
     _check_choice("accumulate", options["accumulate"], ACCUMULATIONS)
     for name in ("lam", "gamma", "example_temperature"):
@@ -89,16 +98,20 @@ def make_settings(concept_of_class: Any, concept_sizes: Any, **options: Any) -> 
         if not 0 < options["constant_step"] <= 1:
             raise ValueError(f"constant_step must lie in (0, 1], got {options['constant_step']!r}.")
         if options["accumulate"] == "sum":
-            raise ValueError("constant_step applies to accumulate='mean' only; got accumulate='sum'. "
-                             "Drop constant_step or use accumulate='mean'.")
+            raise ValueError(
+                "constant_step applies to accumulate='mean' only; got accumulate='sum'. "
+                "Drop constant_step or use accumulate='mean'."
+            )
     cost = options.pop("cost")
     if options["divergence"] != "wasserstein":
         cost, options["temperature"] = None, None
     if cost is not None:
         cost = np.asarray(cost, np.float32)
         if cost.shape != (num_concepts, num_concepts) or not np.all(np.isfinite(cost)) or np.any(cost < 0):
-            raise ValueError(f"cost must be a finite non-negative [K, K] = [{num_concepts}, {num_concepts}] "
-                             f"matrix, got shape {cost.shape}.")
+            raise ValueError(
+                f"cost must be a finite non-negative [K, K] = [{num_concepts}, {num_concepts}] "
+                f"matrix, got shape {cost.shape}."
+            )
     prior = _resolve_prior(options.pop("prior"), concept_sizes)
     return ReweightingSettings(
         concept_of_class=concept_of_class.astype(np.int32),
@@ -124,8 +137,10 @@ def _resolve_prior(prior: Any, concept_sizes: np.ndarray) -> np.ndarray:
         raise ValueError(f"prior must be 'uniform', 'empirical' or a [K] array, got {prior!r}.")
     prior = np.asarray(prior, np.float64)
     if prior.shape != (num_concepts,) or np.any(prior < 0) or not np.isclose(prior.sum(), 1.0, atol=1e-5):
-        raise ValueError(f"an explicit prior must be a non-negative [K] = [{num_concepts}] array summing to 1, "
-                         f"got shape {prior.shape} and sum {prior.sum():.6g}; normalise it.")
+        raise ValueError(
+            f"an explicit prior must be a non-negative [K] = [{num_concepts}] array summing to 1, "
+            f"got shape {prior.shape} and sum {prior.sum():.6g}; normalise it."
+        )
     return prior.astype(np.float32)
 
 

@@ -1,4 +1,5 @@
 """Euclidean projection onto the probability simplex (the `l2` concept-level best response)."""
+
 import jax
 import jax.numpy as jnp
 

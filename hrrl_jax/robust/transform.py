@@ -14,6 +14,7 @@ and the step), sharding and ``device_put`` see only arrays, and :func:`loss_weig
 weights from the optimizer state alone, wherever the transform sits in a nested state. Restore a
 checkpoint into a target built by the same transform, e.g. ``jax.eval_shape(tx.init, params)``.
 """
+
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -105,10 +106,20 @@ def hierarchical_reweighting(
       An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`HierarchicalReweightingState`.
     """
     settings = make_settings(
-        concept_of_class, concept_sizes, divergence=divergence, lam=lam, prior=prior, cost=cost,
-        temperature=temperature, example_level=example_level, gamma=gamma,
-        example_temperature=example_temperature, step_offset=step_offset, constant_step=constant_step,
-        accumulate=accumulate, radius=radius,
+        concept_of_class,
+        concept_sizes,
+        divergence=divergence,
+        lam=lam,
+        prior=prior,
+        cost=cost,
+        temperature=temperature,
+        example_level=example_level,
+        gamma=gamma,
+        example_temperature=example_temperature,
+        step_offset=step_offset,
+        constant_step=constant_step,
+        accumulate=accumulate,
+        radius=radius,
     )
 
     def init_fn(params: optax.Params) -> HierarchicalReweightingState:
@@ -132,7 +143,10 @@ def hierarchical_reweighting(
         del params, extra_args
         _require_extra_args(settings, per_example_loss=per_example_loss, labels=labels, features=features)
         estimate = concept_loss_estimate(
-            per_example_loss, labels, settings.concept_of_class, settings.concept_sizes,
+            per_example_loss,
+            labels,
+            settings.concept_of_class,
+            settings.concept_sizes,
             weights=_example_level_weights(settings, per_example_loss, features, labels),
         )
         if settings.accumulate == "sum":
@@ -174,8 +188,12 @@ def concept_distribution(opt_state: Any) -> jax.Array:
     state = find_reweighting_state(opt_state)
     settings = state.settings
     return concept_best_response(
-        state.concept_losses, settings.prior, divergence=settings.divergence, lam=settings.lam,
-        cost=settings.cost, temperature=settings.temperature,
+        state.concept_losses,
+        settings.prior,
+        divergence=settings.divergence,
+        lam=settings.lam,
+        cost=settings.cost,
+        temperature=settings.temperature,
     )
 
 
@@ -198,8 +216,14 @@ def loss_weights(
     """
     state = find_reweighting_state(opt_state)
     settings = state.settings
-    _require_extra_args(settings, per_example_loss=per_example_loss, labels=labels, features=features,
-                        need_loss=settings.example_level == "reweight", caller="loss_weights")
+    _require_extra_args(
+        settings,
+        per_example_loss=per_example_loss,
+        labels=labels,
+        features=features,
+        need_loss=settings.example_level == "reweight",
+        caller="loss_weights",
+    )
     labels = replicated(jnp.asarray(labels))
     concept = jnp.asarray(settings.concept_of_class)[labels]
     concept_sizes = jnp.asarray(settings.concept_sizes, jnp.float32)
@@ -217,10 +241,17 @@ def _example_level_weights(
     if settings.example_level == "none":
         return None
     if settings.radius is not None:
-        return example_weights(per_example_loss, features, labels, gamma=None,
-                               temperature=settings.example_temperature, radius=settings.radius)
-    return example_weights(per_example_loss, features, labels, gamma=settings.gamma,
-                           temperature=settings.example_temperature)
+        return example_weights(
+            per_example_loss,
+            features,
+            labels,
+            gamma=None,
+            temperature=settings.example_temperature,
+            radius=settings.radius,
+        )
+    return example_weights(
+        per_example_loss, features, labels, gamma=settings.gamma, temperature=settings.example_temperature
+    )
 
 
 def _require_extra_args(

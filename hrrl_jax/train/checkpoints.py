@@ -53,9 +53,7 @@ class Checkpointer:
         try:
             restored = self._manager.restore(
                 step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-                ),
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
             )
         except Exception as error:  # Orbax raises many types (ValueError, KeyError, OSError, tensorstore).
             raise CheckpointError(

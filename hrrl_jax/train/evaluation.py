@@ -23,7 +23,9 @@ def evaluate(
         totals = counts if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, counts)
     totals = jax.device_get(totals)
     return accuracy_summary(
-        np.asarray(totals["correct_per_class"]), np.asarray(totals["count_per_class"]), hierarchy,
+        np.asarray(totals["correct_per_class"]),
+        np.asarray(totals["count_per_class"]),
+        hierarchy,
         loss_sum=float(totals["loss_sum"]),
     )
 

@@ -138,6 +138,7 @@ def train_and_evaluate(
                     reason = f"{stop.signal_name} received" if stop.signal_name else f"stop_at_step={step}"
                     print(f"\n{reason}: saved a checkpoint at step {step}; exiting.", flush=True)
                     return {"step": step, "interrupted": True}
+        progress.close()
         final_step = int(jax.device_get(state.step))
         save(final_step)
         results = evaluate(state)
@@ -158,6 +159,4 @@ def train_and_evaluate(
 def _mean_metrics(window: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]:
     """Averages each metric over the steps of a log window (vectors entry-wise)."""
     fetched = jax.device_get(window)
-    return {
-        name: np.mean([metrics[name] for metrics in fetched], axis=0) for name in fetched[0] if name != "finite"
-    }
+    return {name: np.mean([metrics[name] for metrics in fetched], axis=0) for name in fetched[0] if name != "finite"}

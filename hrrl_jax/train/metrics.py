@@ -64,9 +64,7 @@ class ProgressBar:
     def update(self, steps: int, record: Mapping[str, Any] | None = None) -> None:
         self._bar.update(steps)
         if record is not None:
-            self._bar.set_postfix(
-                loss=f"{record['loss']:.4f}", accuracy=f"{record['accuracy']:.3f}", refresh=False
-            )
+            self._bar.set_postfix(loss=f"{record['loss']:.4f}", accuracy=f"{record['accuracy']:.3f}", refresh=False)
 
     def close(self) -> None:
         self._bar.close()

@@ -38,9 +38,7 @@ def init_train_state(
 
     def init() -> TrainState:
         rng = jax.random.PRNGKey(seed)
-        variables = model.init(
-            jax.random.fold_in(rng, 0), jnp.zeros((1, *image_shape), jnp.float32), train=False
-        )
+        variables = model.init(jax.random.fold_in(rng, 0), jnp.zeros((1, *image_shape), jnp.float32), train=False)
         params = variables["params"]
         return TrainState(
             step=jnp.zeros((), jnp.int32),

@@ -75,9 +75,9 @@ def train_step(
             weights = jnp.ones_like(losses)
         return jnp.mean(weights * losses), (updated["batch_stats"], logits, features, losses, weights)
 
-    (loss, (batch_stats, logits, features, losses, weights)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True
-    )(state.params)
+    (loss, (batch_stats, logits, features, losses, weights)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
     updates, opt_state = tx.update(
         grads,
         state.opt_state,
@@ -121,9 +121,7 @@ def worst_concept_loss(losses: jax.Array, labels: jax.Array, concept_of_class: n
 
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, num_classes: int) -> Metrics:
     """Per-class correct and total counts (padding masked out) and the summed loss of one eval batch."""
-    logits, _ = model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
-    )
+    logits, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
     labels, mask = batch["label"], batch["mask"]
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * mask
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask

@@ -1,4 +1,5 @@
 """Concept hierarchies of the known data sets and their restriction to subsets of classes."""
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -7,8 +8,10 @@ from hrrl_jax.data import ConceptHierarchy, hierarchy
 
 
 def _members(h: ConceptHierarchy) -> dict[str, set[str]]:
-    return {name: {h.class_names[y] for y in np.flatnonzero(h.concept_of_class == k)}
-            for k, name in enumerate(h.concept_names)}
+    return {
+        name: {h.class_names[y] for y in np.flatnonzero(h.concept_of_class == k)}
+        for k, name in enumerate(h.concept_names)
+    }
 
 
 def test_fashion_mnist_garment_types():

@@ -1,4 +1,5 @@
 """InputPipeline: determinism given (seed, step), resume, evaluation padding, label checks, sharding."""
+
 import jax
 import numpy as np
 import pytest
@@ -72,8 +73,12 @@ def test_augmentation_crops_and_flips_within_padding():
     assert not np.allclose(augmented, unaugmented)
     zero = np.float32((0 - FASHION_MNIST_INFO.mean[0]) / FASHION_MNIST_INFO.std[0])
     for image, original in zip(augmented, unaugmented):  # each is a shifted (and maybe mirrored) copy
-        candidates = [np.roll(np.pad(o, ((2, 2), (2, 2), (0, 0)), constant_values=zero), (dy, dx), (0, 1))[2:-2, 2:-2]
-                      for o in (original, original[:, ::-1]) for dy in range(-2, 3) for dx in range(-2, 3)]
+        candidates = [
+            np.roll(np.pad(o, ((2, 2), (2, 2), (0, 0)), constant_values=zero), (dy, dx), (0, 1))[2:-2, 2:-2]
+            for o in (original, original[:, ::-1])
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+        ]
         assert any(np.allclose(image, candidate, atol=1e-5) for candidate in candidates)
 
 
@@ -131,8 +136,9 @@ def test_sharded_global_batch_equals_host_batch(digits_train):
     assert len(batch["label"].addressable_shards) == 8
     assert batch["label"].addressable_shards[0].data.shape == (BATCH // 8,)
     _same_batches(batch, sharded.host_batch(5))
-    eval_batch = next(InputPipeline(digits_train, global_batch_size=BATCH, seed=0, train=False,
-                                    sharding=sharding).eval_batches())
+    eval_batch = next(
+        InputPipeline(digits_train, global_batch_size=BATCH, seed=0, train=False, sharding=sharding).eval_batches()
+    )
     assert eval_batch["mask"].sharding == sharding
 
 

@@ -1,4 +1,5 @@
 """load_split: data sets by name, sub-splits, class filters, shifted variants and actionable errors."""
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -48,8 +49,7 @@ def test_held_out_concept_hierarchy(fashion_mnist_data_dir):
     held_out = [0, 1, 5]  # one class of each multi-class concept: T-shirt/top, Trouser, Sandal
     source = load_split("fashion_mnist", "test", data_dir=fashion_mnist_data_dir, exclude_classes=held_out)
     assert source.info.hierarchy.concept_names == ("tops", "trousers & dresses", "footwear", "bags")
-    np.testing.assert_array_equal(source.info.hierarchy.examples_per_concept(source.labels),
-                                  [3000, 1000, 2000, 1000])
+    np.testing.assert_array_equal(source.info.hierarchy.examples_per_concept(source.labels), [3000, 1000, 2000, 1000])
     target = load_split("fashion_mnist", "test", data_dir=fashion_mnist_data_dir, only_classes=held_out)
     assert target.info.hierarchy.concept_names == ("tops", "trousers & dresses", "footwear")
     assert len(target) == 3000

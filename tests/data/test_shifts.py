@@ -1,4 +1,5 @@
 """Appearance shifts: deterministic, shape-preserving, different from the base, batch-independent."""
+
 import numpy as np
 import pytest
 
@@ -24,8 +25,12 @@ def test_noise_depends_on_seed_and_not_on_batching(digits_test_images):
     whole = apply_shift(digits_test_images, "noise", seed=1)
     assert not np.array_equal(whole, apply_shift(digits_test_images, "noise", seed=2))
     ids = np.arange(len(digits_test_images))
-    halves = np.concatenate([apply_shift(digits_test_images[:15], "noise", seed=1, example_ids=ids[:15]),
-                             apply_shift(digits_test_images[15:], "noise", seed=1, example_ids=ids[15:])])
+    halves = np.concatenate(
+        [
+            apply_shift(digits_test_images[:15], "noise", seed=1, example_ids=ids[:15]),
+            apply_shift(digits_test_images[15:], "noise", seed=1, example_ids=ids[15:]),
+        ]
+    )
     np.testing.assert_array_equal(whole, halves)
     residual = whole.astype(float) - digits_test_images
     interior = (digits_test_images > 40) & (digits_test_images < 215)  # away from clipping

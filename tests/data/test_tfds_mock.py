@@ -1,4 +1,5 @@
 """CIFAR-10/100 and ImageNet through tfds.data_source under tfds.testing.mock_data (no real data)."""
+
 import io
 
 import numpy as np
@@ -18,7 +19,7 @@ def mock_tfds():
 
 def _check_eval_pass(pipeline: InputPipeline, split) -> None:
     batches = list(pipeline.eval_batches())
-    labels = np.concatenate([b["label"] for b in batches])[:len(split)]
+    labels = np.concatenate([b["label"] for b in batches])[: len(split)]
     np.testing.assert_array_equal(labels, split.labels)
     assert sum(b["mask"].sum() for b in batches) == len(split)
 

@@ -37,12 +37,20 @@ def compare(workdir):
 def test_comparison_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     result = compare(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("report.md", "per_concept_accuracy.png", "lambda_sweep_per_concept_accuracy.png",
-                 "concept_distribution.png", "transfer_accuracy.png"):
+    for name in (
+        "report.md",
+        "per_concept_accuracy.png",
+        "lambda_sweep_per_concept_accuracy.png",
+        "concept_distribution.png",
+        "transfer_accuracy.png",
+    ):
         assert os.path.getsize(tmp_path / name) > 1000, name
     records = json.load(open(tmp_path / "records.json"))
     assert sorted((r["method"], r["seed"]) for r in records["main"]) == [
-        ("erm", 0), ("erm", 1), ("hrrl", 0), ("hrrl", 1)
+        ("erm", 0),
+        ("erm", 1),
+        ("hrrl", 0),
+        ("hrrl", 1),
     ]
     assert [r["method"] for r in records["lambda_sweep"]] == ["cl λ=10"]
     for record in records["main"]:

@@ -35,7 +35,9 @@ def test_user_images_are_embedded_exactly_like_the_source(trained_workdir, tmp_p
     out_user, out_source = tmp_path / "user.npz", tmp_path / "source.npz"
     features_cli.main(["--workdir", str(trained_workdir), "--images", str(npz), "--out", str(out_user)])
     features_cli.main(["--workdir", str(trained_workdir), "--dataset", "digits", "--out", str(out_source)])
-    np.testing.assert_allclose(np.load(out_user)["features"], np.load(out_source)["features"][:40], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(out_user)["features"], np.load(out_source)["features"][:40], rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_array_equal(np.load(out_user)["labels"], test.labels[:40])
 
 

@@ -1,4 +1,5 @@
 """Tests of the figures: each writes a PNG of sane size from synthetic results; bad input is refused."""
+
 import numpy as np
 import pytest
 from matplotlib.image import imread
@@ -22,8 +23,10 @@ def _synthetic_records():
                 {
                     "method": method,
                     "seed": seed,
-                    "source": {"test_accuracy": float(np.mean(list(per_concept.values()))),
-                               "per_concept_accuracy": per_concept},
+                    "source": {
+                        "test_accuracy": float(np.mean(list(per_concept.values()))),
+                        "per_concept_accuracy": per_concept,
+                    },
                     "targets": targets,
                 }
             )

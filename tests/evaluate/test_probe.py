@@ -2,6 +2,7 @@
 
 Every fit uses the same feature-matrix shape, so the L-BFGS program compiles once for the whole file.
 """
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression

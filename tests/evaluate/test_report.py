@@ -1,4 +1,5 @@
 """Tests of the results report: exact cells (mean ± std (n)), derived gap, paired differences, errors."""
+
 import math
 
 import pytest
@@ -21,9 +22,15 @@ def _record(method, seed, test, tops, bags, targets=None):
 
 
 RECORDS = [
-    _record("erm", 0, 0.90, 0.80, 0.99, {"shift/lowres4": {"probe": 0.70}, "heldout": {"probe": 0.5, "recall_at_1": 0.5}}),
-    _record("erm", 1, 0.92, 0.82, 0.99, {"shift/lowres4": {"probe": 0.72}, "heldout": {"probe": 0.5, "recall_at_1": 0.6}}),
-    _record("erm", 2, 0.94, 0.84, 0.99, {"shift/lowres4": {"probe": 0.74}, "heldout": {"probe": 0.5, "recall_at_1": 0.7}}),
+    _record(
+        "erm", 0, 0.90, 0.80, 0.99, {"shift/lowres4": {"probe": 0.70}, "heldout": {"probe": 0.5, "recall_at_1": 0.5}}
+    ),
+    _record(
+        "erm", 1, 0.92, 0.82, 0.99, {"shift/lowres4": {"probe": 0.72}, "heldout": {"probe": 0.5, "recall_at_1": 0.6}}
+    ),
+    _record(
+        "erm", 2, 0.94, 0.84, 0.99, {"shift/lowres4": {"probe": 0.74}, "heldout": {"probe": 0.5, "recall_at_1": 0.7}}
+    ),
     _record("hrrl", 0, 0.91, 0.83, 0.95, {"shift/lowres4": {"probe": 0.75}}),
     _record("hrrl", 1, 0.91, 0.86, 0.95, {"shift/lowres4": {"probe": 0.77}}),
     _record("hrrl", 2, 0.91, 0.86, 0.95),
@@ -55,12 +62,24 @@ def test_main_table_cells():
     markdown = report.render_report(RECORDS, title="Fashion-MNIST", method_order=["erm", "hrrl"])
     header = _row(markdown, "method")
     assert header == [
-        "method", "source top-1", "worst concept", "best concept", "gap (best − worst)",
-        "shift/lowres4 probe", "heldout probe", "heldout R@1",
+        "method",
+        "source top-1",
+        "worst concept",
+        "best concept",
+        "gap (best − worst)",
+        "shift/lowres4 probe",
+        "heldout probe",
+        "heldout R@1",
     ]
     assert _row(markdown, "erm") == [
-        "erm", "92.00 ± 2.00 (3)", "82.00 ± 2.00 (3)", "99.00 ± 0.00 (3)", "17.00 ± 2.00 (3)",
-        "72.00 ± 2.00 (3)", "50.00 ± 0.00 (3)", "60.00 ± 10.00 (3)",
+        "erm",
+        "92.00 ± 2.00 (3)",
+        "82.00 ± 2.00 (3)",
+        "99.00 ± 0.00 (3)",
+        "17.00 ± 2.00 (3)",
+        "72.00 ± 2.00 (3)",
+        "50.00 ± 0.00 (3)",
+        "60.00 ± 10.00 (3)",
     ]
     assert _row(markdown, "hrrl")[1:3] == ["91.00 ± 0.00 (3)", "85.00 ± 1.73 (3)"]
     assert _row(markdown, "hrrl")[5:] == ["76.00 ± 1.41 (2)", "–", "–"]

@@ -1,4 +1,5 @@
 """Tests of kNN retrieval: exact Recall@k and kNN accuracy on hand-made points, self-exclusion, blocking."""
+
 import numpy as np
 import pytest
 
@@ -58,13 +59,15 @@ def test_knn_accuracy_majority_vote_and_tie_break():
     gallery_labels = np.array([2, 1, 1, 0])
     queries = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
     # k=3: query 0 sees labels (2, 1, 1) -> 1, right; query 1 sees (0, 1, 1) -> 1, wrong.
-    assert retrieval.knn_accuracy(
-        queries, np.array([1, 0]), k=3, gallery_features=gallery, gallery_labels=gallery_labels
-    ) == 0.5
+    assert (
+        retrieval.knn_accuracy(queries, np.array([1, 0]), k=3, gallery_features=gallery, gallery_labels=gallery_labels)
+        == 0.5
+    )
     # k=2: query 0 sees (2, 1), a tie: the nearest label, 2, wins.
-    assert retrieval.knn_accuracy(
-        queries[:1], np.array([2]), k=2, gallery_features=gallery, gallery_labels=gallery_labels
-    ) == 1.0
+    assert (
+        retrieval.knn_accuracy(queries[:1], np.array([2]), k=2, gallery_features=gallery, gallery_labels=gallery_labels)
+        == 1.0
+    )
 
 
 def test_errors_say_what_was_wrong():

@@ -1,4 +1,5 @@
 """concept_best_response: each closed form equals a generic solver's optimum; limits, symmetry, numerics."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,10 +13,13 @@ SOLVER_OPTIONS = {"ftol": 1e-15, "maxiter": 1000}
 
 def _simplex_maximiser(objective, gradient, size: int) -> np.ndarray:
     result = optimize.minimize(
-        lambda p: -objective(p), np.full(size, 1.0 / size), jac=lambda p: -gradient(p),
+        lambda p: -objective(p),
+        np.full(size, 1.0 / size),
+        jac=lambda p: -gradient(p),
         bounds=[(1e-12, 1.0)] * size,
         constraints=[{"type": "eq", "fun": lambda p: np.sum(p) - 1.0, "jac": lambda p: np.ones(size)}],
-        method="SLSQP", options=SOLVER_OPTIONS,
+        method="SLSQP",
+        options=SOLVER_OPTIONS,
     )
     assert result.success, result.message
     return result.x
@@ -42,7 +46,8 @@ def test_kl_matches_solver(seed, lam):
     losses, prior = _random_instance(seed)
     expected = _simplex_maximiser(
         lambda p: p @ losses - lam * np.sum(p * np.log(p / prior)),
-        lambda p: losses - lam * (np.log(p / prior) + 1.0), losses.size,
+        lambda p: losses - lam * (np.log(p / prior) + 1.0),
+        losses.size,
     )
     np.testing.assert_allclose(concept_best_response(losses, prior, divergence="kl", lam=lam), expected, atol=1e-5)
 
@@ -65,15 +70,19 @@ def test_wasserstein_matches_entropic_transport_solver(seed):
 
     rows = np.kron(np.eye(4), np.ones(4))
     result = optimize.minimize(
-        lambda x: -objective(x), np.outer(prior, np.full(4, 0.25)).ravel(), jac=lambda x: -gradient(x),
+        lambda x: -objective(x),
+        np.outer(prior, np.full(4, 0.25)).ravel(),
+        jac=lambda x: -gradient(x),
         bounds=[(1e-12, 1.0)] * 16,
         constraints=[{"type": "eq", "fun": lambda x: rows @ x - prior, "jac": lambda x: rows}],
-        method="SLSQP", options=SOLVER_OPTIONS,
+        method="SLSQP",
+        options=SOLVER_OPTIONS,
     )
     assert result.success, result.message
     expected = result.x.reshape(4, 4).sum(0)
-    response = concept_best_response(losses, prior, divergence="wasserstein", lam=lam, cost=cost,
-                                     temperature=temperature)
+    response = concept_best_response(
+        losses, prior, divergence="wasserstein", lam=lam, cost=cost, temperature=temperature
+    )
     np.testing.assert_allclose(response, expected, atol=1e-5)
 
 

@@ -1,4 +1,5 @@
 """Estimators: unbiasedness of f̂ and of the weighted loss by Monte Carlo over uniform minibatches; weight stats."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +28,8 @@ def test_concept_loss_estimate_is_unbiased():
     labels, losses, concept, concept_sizes = _finite_data_set()
     batches = _uniform_batches(jax.random.key(1))
     estimates = jax.vmap(lambda idx: concept_loss_estimate(losses[idx], labels[idx], CONCEPT_OF_CLASS, concept_sizes))(
-        batches)
+        batches
+    )
     full_data = np.array([np.asarray(losses)[concept == k].mean() for k in range(4)])
     standard_error = np.asarray(estimates).std(0) / np.sqrt(DRAWS)
     assert np.all(np.abs(np.asarray(estimates).mean(0) - full_data) < 4 * standard_error + 1e-6)
@@ -51,7 +53,10 @@ def test_weighted_minibatch_loss_is_unbiased_for_the_robust_objective():
 def test_estimate_with_example_weights_and_absent_concepts():
     concept_sizes = np.array([10, 20, 30, 40])
     estimate = concept_loss_estimate(
-        jnp.array([1.0, 2.0, 4.0]), jnp.array([0, 1, 5]), CONCEPT_OF_CLASS, concept_sizes,
+        jnp.array([1.0, 2.0, 4.0]),
+        jnp.array([0, 1, 5]),
+        CONCEPT_OF_CLASS,
+        concept_sizes,
         weights=jnp.array([2.0, 1.0, 0.5]),
     )
     # (1/m) Σ (N/n_k) v_i ℓ_i with N = 100, m = 3; concepts 1 and 2 are absent.
@@ -64,7 +69,8 @@ def test_weight_stats_values():
     stats = weight_stats(jnp.array([3.0, 1.0, 0.0, 0.0]))
     share = np.array([0.75, 0.25])
     np.testing.assert_allclose(
-        [stats["ess"], stats["entropy"], stats["max_weight"]], [16 / (4 * 10), -np.sum(share * np.log(share)), 3.0],
+        [stats["ess"], stats["entropy"], stats["max_weight"]],
+        [16 / (4 * 10), -np.sum(share * np.log(share)), 3.0],
         rtol=1e-6,
     )
     zero = weight_stats(jnp.zeros(5))

@@ -1,5 +1,6 @@
 """Example level: the within-class reweighting against its entropic-OT definition, its limits and
 radius form, and the linear-head feature perturbation against the exact inner maximiser."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,10 +41,13 @@ def test_coupling_matches_entropic_transport_solver(seed):
 
     rows = np.kron(np.eye(size), np.ones(size))
     result = optimize.minimize(
-        negative_objective, np.full(size * size, 1.0 / size**2), jac=negative_gradient,
+        negative_objective,
+        np.full(size * size, 1.0 / size**2),
+        jac=negative_gradient,
         bounds=[(1e-12, 1.0)] * size**2,
         constraints=[{"type": "eq", "fun": lambda x: rows @ x - 1.0 / size, "jac": lambda x: rows}],
-        method="SLSQP", options={"ftol": 1e-15, "maxiter": 1000},
+        method="SLSQP",
+        options={"ftol": 1e-15, "maxiter": 1000},
     )
     assert result.success, result.message
     expected = result.x.reshape(size, size)
@@ -79,16 +83,18 @@ def test_weights_permute_with_examples():
     loss, features, labels = _batch(3)
     permutation = np.random.default_rng(0).permutation(loss.size)
     weights = np.asarray(example_weights(loss, features, labels, gamma=0.5, temperature=0.3))
-    permuted = example_weights(loss[permutation], features[permutation], labels[permutation], gamma=0.5,
-                               temperature=0.3)
+    permuted = example_weights(
+        loss[permutation], features[permutation], labels[permutation], gamma=0.5, temperature=0.3
+    )
     np.testing.assert_allclose(permuted, weights[permutation], atol=1e-6)
 
 
 @pytest.mark.parametrize("radius", [0.05, 0.4])
 def test_radius_form_moves_exactly_its_radius(radius):
     loss, features, labels = _batch(4, size=20, num_classes=2)
-    gamma = np.asarray(jax.jit(lambda *args: gamma_for_radius(*args, radius=radius, temperature=0.3))(
-        loss, features, labels))
+    gamma = np.asarray(
+        jax.jit(lambda *args: gamma_for_radius(*args, radius=radius, temperature=0.3))(loss, features, labels)
+    )
     coupling = np.asarray(within_class_coupling(loss, features, labels, gamma=gamma, temperature=0.3))
     distances = _unit_sq_distances(features)
     for label in np.unique(labels):
@@ -98,7 +104,8 @@ def test_radius_form_moves_exactly_its_radius(radius):
         np.testing.assert_allclose(moved, radius, rtol=1e-4)
     np.testing.assert_allclose(
         example_weights(loss, features, labels, gamma=None, temperature=0.3, radius=radius),
-        example_weights(loss, features, labels, gamma=gamma, temperature=0.3), atol=1e-5,
+        example_weights(loss, features, labels, gamma=gamma, temperature=0.3),
+        atol=1e-5,
     )
 
 
@@ -135,8 +142,9 @@ def test_weights_are_float32_without_gradient():
 
     weights = example_weights(jnp.asarray(loss, jnp.bfloat16), features, labels, gamma=0.5, temperature=0.5)
     assert weights.dtype == jnp.float32
-    np.testing.assert_allclose(jax.grad(weighted)(loss), example_weights(loss, features, labels, gamma=0.5,
-                                                                         temperature=0.5), atol=1e-6)
+    np.testing.assert_allclose(
+        jax.grad(weighted)(loss), example_weights(loss, features, labels, gamma=0.5, temperature=0.5), atol=1e-6
+    )
 
 
 def _linear_head(seed: int, dim: int = 3, num_classes: int = 4):
@@ -174,7 +182,8 @@ def test_perturbation_gradient_flows_through_features_only():
     kernel, bias = _linear_head(3)
     features, labels = np.random.default_rng(4).normal(size=(4, 3)), np.array([0, 1, 2, 3])
     jacobian = jax.jacobian(lambda z: perturb_features(z, labels, kernel, bias, gamma=1.0, steps=2))(
-        jnp.asarray(features, jnp.float32))
+        jnp.asarray(features, jnp.float32)
+    )
     np.testing.assert_allclose(jacobian, np.eye(12).reshape(4, 3, 4, 3), atol=1e-7)
     np.testing.assert_allclose(perturb_features(features, labels, kernel, bias, gamma=jnp.inf), features, atol=1e-7)
     with pytest.raises(ValueError, match="steps must be >= 1"):
@@ -185,7 +194,8 @@ def test_vmap_over_gamma_and_temperature_matches_loop():
     loss, features, labels = _batch(7)
     gammas, temperatures = jnp.array([0.0, 0.5, 5.0]), jnp.array([0.2, 1.0, 3.0])
     batched = jax.vmap(lambda g, t: example_weights(loss, features, labels, gamma=g, temperature=t))(
-        gammas, temperatures)
+        gammas, temperatures
+    )
     for index in range(3):
         np.testing.assert_allclose(
             batched[index],

@@ -1,4 +1,5 @@
 """project_simplex: exact Euclidean projection, checked against a generic solver and its defining properties."""
+
 import numpy as np
 import pytest
 from scipy import optimize

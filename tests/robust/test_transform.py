@@ -1,5 +1,6 @@
 """The optax transform: the adversary's dynamics, the special cases, finding the state in nested optimizer
 states, errors, Orbax round trips, jit without host transfers, sharding, and a small training run."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,34 +38,47 @@ def _run_updates(tx, num_steps: int, example_level: bool = True):
     estimates = []
     for seed in range(num_steps):
         loss, labels, features = _batch(seed)
-        _, state = tx.update({"w": jnp.ones(2)}, state, per_example_loss=loss, labels=labels,
-                             features=features if example_level else None)
+        _, state = tx.update(
+            {"w": jnp.ones(2)},
+            state,
+            per_example_loss=loss,
+            labels=labels,
+            features=features if example_level else None,
+        )
         estimates.append(concept_loss_estimate(loss, labels, CONCEPT_OF_CLASS, CONCEPT_SIZES))
     return state, np.stack(estimates)
 
 
 def test_dual_averaging_constant_step_and_sum():
-    state, estimates = _run_updates(hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, example_level="none"),
-                                    5, example_level=False)
+    state, estimates = _run_updates(
+        hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, example_level="none"), 5, example_level=False
+    )
     np.testing.assert_allclose(state.concept_losses, estimates.mean(0), rtol=1e-5)
     assert int(state.step) == 5 and state.step.dtype == jnp.int32 and state.concept_losses.dtype == jnp.float32
 
-    state, _ = _run_updates(hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, example_level="none",
-                                                     step_offset=2.0), 3, example_level=False)
+    state, _ = _run_updates(
+        hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, example_level="none", step_offset=2.0),
+        3,
+        example_level=False,
+    )
     expected = np.zeros(4)
     for t, estimate in enumerate(estimates[:3]):
         expected = expected + (estimate - expected) / (t + 1 + 2.0)
     np.testing.assert_allclose(state.concept_losses, expected, rtol=1e-5)
 
-    state, _ = _run_updates(hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, example_level="none",
-                                                     constant_step=0.5), 2, example_level=False)
+    state, _ = _run_updates(
+        hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, example_level="none", constant_step=0.5),
+        2,
+        example_level=False,
+    )
     np.testing.assert_allclose(state.concept_losses, 0.25 * estimates[0] + 0.5 * estimates[1], rtol=1e-5)
 
 
 def test_group_dro_is_exponentiated_gradient_on_cumulative_losses():
     eta = 0.05
-    tx = hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="kl", lam=1 / eta, accumulate="sum",
-                                  example_level="none")
+    tx = hierarchical_reweighting(
+        CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="kl", lam=1 / eta, accumulate="sum", example_level="none"
+    )
     state, estimates = _run_updates(tx, 4, example_level=False)
     unnormalised = 0.25 * np.exp(eta * estimates.sum(0))
     np.testing.assert_allclose(concept_distribution(state), unnormalised / unnormalised.sum(), rtol=1e-5)
@@ -74,8 +88,15 @@ def test_update_leaves_gradients_unchanged_and_ignores_unknown_extra_args():
     tx = hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES)
     loss, labels, features = _batch(0)
     grads = {"w": jnp.array([1.0, -2.0])}
-    updates, _ = tx.update(grads, tx.init(grads), per_example_loss=loss, labels=labels, features=features,
-                           value=jnp.float32(3.0), grad=grads)
+    updates, _ = tx.update(
+        grads,
+        tx.init(grads),
+        per_example_loss=loss,
+        labels=labels,
+        features=features,
+        value=jnp.float32(3.0),
+        grad=grads,
+    )
     np.testing.assert_array_equal(updates["w"], grads["w"])
 
 
@@ -93,14 +114,19 @@ def test_missing_extra_arg_names_it_at_trace_time(missing):
 
 
 def test_loss_weights_formula():
-    tx = hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="kl", lam=0.3, gamma=0.5,
-                                  example_temperature=0.7)
+    tx = hierarchical_reweighting(
+        CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="kl", lam=0.3, gamma=0.5, example_temperature=0.7
+    )
     state, _ = _run_updates(tx, 2)
     loss, labels, features = _batch(9)
     distribution = concept_best_response(state.concept_losses, np.full(4, 0.25), divergence="kl", lam=0.3)
     concept = CONCEPT_OF_CLASS[np.asarray(labels)]
-    expected = (np.asarray(distribution)[concept] * 100 / CONCEPT_SIZES[concept]
-                * np.asarray(example_weights(loss, features, labels, gamma=0.5, temperature=0.7)))
+    expected = (
+        np.asarray(distribution)[concept]
+        * 100
+        / CONCEPT_SIZES[concept]
+        * np.asarray(example_weights(loss, features, labels, gamma=0.5, temperature=0.7))
+    )
     weights = loss_weights(state, labels, per_example_loss=loss, features=features)
     assert weights.dtype == jnp.float32 and weights.shape == (16,)
     np.testing.assert_allclose(weights, expected, rtol=1e-5)
@@ -108,8 +134,9 @@ def test_loss_weights_formula():
 
 def test_special_cases_erm_and_prior_only():
     loss, labels, features = _batch(1)
-    erm = hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, lam=float("inf"), prior="empirical",
-                                   example_level="none")
+    erm = hierarchical_reweighting(
+        CONCEPT_OF_CLASS, CONCEPT_SIZES, lam=float("inf"), prior="empirical", example_level="none"
+    )
     erm_state, _ = _run_updates(erm, 2, example_level=False)
     np.testing.assert_allclose(loss_weights(erm_state, labels), 1.0, rtol=1e-6)
     prior = np.array([0.1, 0.2, 0.3, 0.4])
@@ -157,8 +184,9 @@ def test_invalid_settings_are_reported():
     for options, message in cases:
         with pytest.raises(ValueError, match=message):
             hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, **options)
-    ignored = hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="kl", temperature=0.1,
-                                       cost=np.ones((4, 4))).init({})
+    ignored = hierarchical_reweighting(
+        CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="kl", temperature=0.1, cost=np.ones((4, 4))
+    ).init({})
     assert ignored.settings.temperature is None and ignored.settings.cost is None
     with pytest.raises(ValueError, match="positive counts"):
         hierarchical_reweighting(CONCEPT_OF_CLASS, np.array([4, 0, 3, 2]))
@@ -168,8 +196,9 @@ def test_invalid_settings_are_reported():
 
 def test_orbax_round_trip_gives_identical_weights(tmp_path):
     params = {"w": jnp.zeros(3)}
-    tx = optax.chain(hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="l2", lam=0.5),
-                     optax.adam(1e-2))
+    tx = optax.chain(
+        hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="l2", lam=0.5), optax.adam(1e-2)
+    )
     opt_state = tx.init(params)
     for seed in range(3):
         loss, labels, features = _batch(seed)
@@ -183,8 +212,10 @@ def test_orbax_round_trip_gives_identical_weights(tmp_path):
     np.testing.assert_array_equal(restored_state.concept_losses, saved_state.concept_losses)
     assert int(restored_state.step) == 3
     loss, labels, features = _batch(7)
-    np.testing.assert_array_equal(loss_weights(restored, labels, per_example_loss=loss, features=features),
-                                  loss_weights(opt_state, labels, per_example_loss=loss, features=features))
+    np.testing.assert_array_equal(
+        loss_weights(restored, labels, per_example_loss=loss, features=features),
+        loss_weights(opt_state, labels, per_example_loss=loss, features=features),
+    )
 
 
 def test_jit_needs_no_host_transfer():
@@ -230,8 +261,9 @@ def test_sharded_batch_gives_the_single_device_result(axis_type):
 def test_thousand_concepts_and_huge_losses_stay_finite():
     num_classes = 1000
     rng = np.random.default_rng(0)
-    tx = hierarchical_reweighting(np.arange(num_classes), rng.integers(1, 50, num_classes), divergence="l2",
-                                  lam=0.01, example_temperature=0.01)
+    tx = hierarchical_reweighting(
+        np.arange(num_classes), rng.integers(1, 50, num_classes), divergence="l2", lam=0.01, example_temperature=0.01
+    )
     labels = jnp.asarray(np.r_[np.zeros(8, int), rng.integers(0, num_classes, 24)])
     loss = jnp.asarray(np.where(np.arange(32) % 2, 1e4, 0.0), jnp.float32)
     features = jnp.asarray(rng.normal(size=(32, 4)), jnp.float32)
@@ -276,8 +308,9 @@ def _train_worst_concept_accuracy(reweighting) -> float:
         params, opt_state = carry
         x, y = train_x[indices], train_y[indices]
         grads, per_example_loss = jax.grad(loss_fn, has_aux=True)(params, opt_state, x, y)
-        updates, opt_state = tx.update(grads, opt_state, params, per_example_loss=per_example_loss, labels=y,
-                                       features=x)
+        updates, opt_state = tx.update(
+            grads, opt_state, params, per_example_loss=per_example_loss, labels=y, features=x
+        )
         return (optax.apply_updates(params, updates), opt_state), None
 
     (params, _), _ = jax.jit(lambda carry: jax.lax.scan(train_step, carry, batches))((params, tx.init(params)))
@@ -288,9 +321,17 @@ def _train_worst_concept_accuracy(reweighting) -> float:
 
 def test_robust_training_raises_worst_concept_accuracy_over_erm():
     concept_of_class, concept_sizes = np.array([0, 0, 1, 1]), np.array([1800, 200])
-    erm = hierarchical_reweighting(concept_of_class, concept_sizes, lam=float("inf"), prior="empirical",
-                                   example_level="none")
-    robust = hierarchical_reweighting(concept_of_class, concept_sizes, divergence="l2", lam=0.1,
-                                      example_level="reweight", gamma=1.0, example_temperature=1.0)
+    erm = hierarchical_reweighting(
+        concept_of_class, concept_sizes, lam=float("inf"), prior="empirical", example_level="none"
+    )
+    robust = hierarchical_reweighting(
+        concept_of_class,
+        concept_sizes,
+        divergence="l2",
+        lam=0.1,
+        example_level="reweight",
+        gamma=1.0,
+        example_temperature=1.0,
+    )
     erm_worst, robust_worst = _train_worst_concept_accuracy(erm), _train_worst_concept_accuracy(robust)
     assert robust_worst > erm_worst + 0.05, (erm_worst, robust_worst)

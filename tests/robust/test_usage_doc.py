@@ -1,4 +1,5 @@
 """The usage section's example runs as written and produces a distribution and finite weight statistics."""
+
 import pathlib
 import re
 

@@ -34,9 +34,7 @@ INTERRUPT_AT_STEP = 2
 def multihost_config() -> ml_collections.ConfigDict:
     """The tiny HRRL run that both the two-process cluster and the single-process reference train."""
     # Learning rate 0.01: tiny BatchNorm nets amplify the rounding differences of another reduction order.
-    return tiny_config(
-        robust__method="hrrl", optimizer__learning_rate=0.01, total_steps=TOTAL_STEPS, log_every_steps=2
-    )
+    return tiny_config(robust__method="hrrl", optimizer__learning_rate=0.01, total_steps=TOTAL_STEPS, log_every_steps=2)
 
 
 def restore_final_state(workdir: str, template: TrainState) -> TrainState:
@@ -51,9 +49,7 @@ def restore_final_state(workdir: str, template: TrainState) -> TrainState:
 
 def flatten_by_path(state: Any) -> dict[str, np.ndarray]:
     """Host copies of the leaves of a replicated state, keyed by their pytree paths."""
-    return {
-        jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(state)
-    }
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
 
 
 def parse_arguments() -> argparse.Namespace:

@@ -80,7 +80,10 @@ def test_bad_config_fails_naming_the_key(tmp_path, flag, message):
 
 def test_missing_data_set_says_how_to_get_it(tmp_path):
     result = launch(
-        tmp_path, *tiny_flags(), "--config.dataset.name=cifar10", f"--config.dataset.data_dir={tmp_path / 'nodata'}",
+        tmp_path,
+        *tiny_flags(),
+        "--config.dataset.name=cifar10",
+        f"--config.dataset.data_dir={tmp_path / 'nodata'}",
         timeout=120,
     )
     assert result.returncode == 1

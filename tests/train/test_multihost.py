@@ -166,9 +166,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     # The checkpoint the two processes wrote together, read back without either of them.
     reference_checkpoint = read_checkpoint_state(reference_workdir, TOTAL_STEPS)
     cluster_checkpoint = read_checkpoint_state(str(cluster_workdir), TOTAL_STEPS)
-    assert_trees_close(
-        flatten_by_path(reference_checkpoint), flatten_by_path(cluster_checkpoint), "checkpoint"
-    )
+    assert_trees_close(flatten_by_path(reference_checkpoint), flatten_by_path(cluster_checkpoint), "checkpoint")
     assert sorted(os.listdir(cluster_workdir / "checkpoints")) == [str(INTERRUPT_AT_STEP), str(TOTAL_STEPS)]
     assert _logged_steps(cluster_workdir) == _logged_steps(reference_workdir) == [INTERRUPT_AT_STEP, TOTAL_STEPS]
     with open(cluster_workdir / "results.json") as file:
