@@ -23,8 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hrrl_jax.data import ConceptHierarchy, DatasetInfo, InputPipeline, SplitData, load_split
-from hrrl_jax.models import create_model
-from hrrl_jax.train.run import PRECISIONS, load_data
+from hrrl_jax.train.run import configured_model, load_data
 from hrrl_jax.train.sharding import data_parallel_mesh
 
 
@@ -54,13 +53,7 @@ def load_trained_model(workdir: str) -> TrainedModel:
         raise FileNotFoundError(f"No checkpoint in {checkpoints}: train the run first (launch.py).")
     saved = ocp.PyTreeCheckpointer().restore(os.path.join(checkpoints, str(steps[-1]), "state"))
     source_info = load_data(config)[0].info
-    model = create_model(
-        config.model.name,
-        num_classes=source_info.num_classes,
-        width=config.model.width,
-        stem=config.model.stem,
-        dtype=PRECISIONS[config.precision],
-    )
+    model = configured_model(config, source_info.num_classes)
     variables = {"params": saved["params"], "batch_stats": saved["batch_stats"]}
     return TrainedModel(config=config, info=source_info, model=model, variables=variables, step=steps[-1])
 

@@ -87,6 +87,19 @@ def make_optimizer_chain(
     return optax.chain(*transforms), objective, learning_rate_fn
 
 
+def configured_model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
+    """The network `config.model` and `config.precision` describe, with `num_classes` outputs."""
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"config.precision={config.precision!r} is not known; choose one of {tuple(PRECISIONS)}.")
+    return create_model(
+        config.model.name,
+        num_classes=num_classes,
+        width=config.model.width,
+        stem=config.model.stem,
+        dtype=PRECISIONS[config.precision],
+    )
+
+
 def build_trainer(
     config: ml_collections.ConfigDict,
     info: DatasetInfo,
@@ -96,16 +109,8 @@ def build_trainer(
     devices: list[jax.Device] | None = None,
 ) -> Trainer:
     """Model, optimizer chain, state and jitted steps for data described by `info` on `devices` (default: all)."""
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"config.precision={config.precision!r} is not known; choose one of {tuple(PRECISIONS)}.")
     _, data_sharding, replicated = data_parallel_mesh(devices)
-    model = create_model(
-        config.model.name,
-        num_classes=info.num_classes,
-        width=config.model.width,
-        stem=config.model.stem,
-        dtype=PRECISIONS[config.precision],
-    )
+    model = configured_model(config, info.num_classes)
     tx, objective, learning_rate_fn = make_optimizer_chain(config, info.hierarchy, concept_sizes, total_steps)
     side = config.dataset.image_size or info.image_shape[0]
     state = init_train_state(
