@@ -1,4 +1,7 @@
-"""Entry point: `python launch.py --config configs/<experiment>.py --workdir DIR [--config.key=value ...]`."""
+"""Entry point: `python launch.py --config configs/<experiment>.py --workdir DIR [--config.key=value ...]`.
+
+Trains and evaluates one run, or, for a config with a `compare` section, the whole comparison experiment.
+"""
 
 import os
 import sys
