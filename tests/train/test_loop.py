@@ -46,8 +46,14 @@ def test_eight_devices_match_one_device():
     assert len(jax.tree_util.tree_leaves(state_eight.params)[0].sharding.device_set) == 8
     np.testing.assert_allclose(metrics_one["loss"], metrics_eight["loss"], rtol=1e-4)
     np.testing.assert_allclose(metrics_one["concept_distribution"], metrics_eight["concept_distribution"], atol=1e-4)
-    for a, b in zip(jax.tree_util.tree_leaves(state_one), jax.tree_util.tree_leaves(state_eight)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)
+    # Reductions run in another order on 8 devices (and CPU threads do not fix it): measured differences
+    # reach 5e-5 of a leaf's largest entry after 3 steps; a wrong (per-device) statistic would be O(1).
+    leaves_eight = jax.tree_util.tree_leaves(state_eight)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state_one), leaves_eight, strict=True):
+        scale = max(float(np.max(np.abs(np.asarray(a)))), 1e-3)
+        np.testing.assert_allclose(
+            np.asarray(a), np.asarray(b), rtol=0, atol=5e-4 * scale, err_msg=jax.tree_util.keystr(path)
+        )
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(tmp_path):
