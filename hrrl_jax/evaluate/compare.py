@@ -19,7 +19,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from hrrl_jax.data import load_split
+from hrrl_jax.data import SplitData, load_split
 from hrrl_jax.evaluate import plots, report
 from hrrl_jax.evaluate.features import TrainedModel, extract_features, load_trained_model
 from hrrl_jax.evaluate.probe import evaluate_linear_probe
@@ -43,7 +43,7 @@ def run_config(
     return single
 
 
-def target_splits(config: ml_collections.ConfigDict, name: str):
+def target_splits(config: ml_collections.ConfigDict, name: str) -> tuple[SplitData, SplitData]:
     """(train, test) splits of a target: `shift/<s>`, `held_out` or `digits`."""
     dataset = config.dataset
     if name.startswith("shift/"):
@@ -62,7 +62,9 @@ def target_splits(config: ml_collections.ConfigDict, name: str):
     )
 
 
-def evaluate_target(trained: TrainedModel, splits, *, probe_train_examples: int, seed: int) -> dict[str, float]:
+def evaluate_target(
+    trained: TrainedModel, splits: tuple[SplitData, SplitData], *, probe_train_examples: int, seed: int
+) -> dict[str, float]:
     """Linear-probe test accuracy and Recall@1 of the frozen features on one target."""
     train_split, test_split = splits
     if len(train_split) > probe_train_examples:
