@@ -1,0 +1,71 @@
+"""config.robust -> the library's transform and the loss form, for every method."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hrrl_jax import robust
+from hrrl_jax.train.loop import train_and_evaluate
+from hrrl_jax.train.objective import Objective, build_objective, default_robust_config
+from hrrl_jax.train.steps import per_example_losses
+from tests.train.helpers import tiny_config
+
+CONCEPT_OF_CLASS = np.array([0, 0, 1, 2, 2])
+CONCEPT_SIZES = np.array([20, 10, 30])
+
+
+def settings_for(**robust_overrides):
+    config = default_robust_config()
+    for key, value in robust_overrides.items():
+        config[key] = value
+    objective, transform = build_objective(config, CONCEPT_OF_CLASS, CONCEPT_SIZES)
+    if transform is None:
+        return objective, None
+    return objective, robust.find_reweighting_state(transform.init({"w": jnp.zeros(2)})).settings
+
+
+def test_each_method_maps_to_its_special_case():
+    objective, settings = settings_for(method="erm")
+    assert settings is None and not objective.reweights
+    _, el = settings_for(method="el")
+    assert el.divergence == "none" and el.example_level == "reweight"
+    np.testing.assert_allclose(el.prior, CONCEPT_SIZES / CONCEPT_SIZES.sum())  # Concept weights stay 1.
+    _, cl = settings_for(method="cl", lam=0.1)
+    assert cl.divergence == "l2" and cl.example_level == "none" and cl.lam == 0.1
+    _, hrrl = settings_for(method="hrrl")
+    assert hrrl.divergence == "l2" and hrrl.example_level == "reweight"
+    _, group_dro = settings_for(method="group_dro", group_dro_eta=0.01)
+    assert group_dro.divergence == "kl" and group_dro.accumulate == "sum" and math.isclose(group_dro.lam, 100.0)
+
+
+def test_perturb_form_changes_the_loss_not_the_weights():
+    objective, settings = settings_for(method="el", example_level="perturb", gamma=2.0)
+    assert objective.perturb_gamma == 2.0 and settings.example_level == "none"
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(ValueError, match="config.robust.method='drO'"):
+        settings_for(method="drO")
+
+
+def test_perturbed_losses_are_never_below_the_plain_ones():
+    key = jax.random.PRNGKey(0)
+    features = jax.random.normal(key, (32, 6))
+    labels = jax.random.randint(jax.random.fold_in(key, 1), (32,), 0, 5)
+    params = {"head": {"kernel": jax.random.normal(jax.random.fold_in(key, 2), (6, 5)), "bias": jnp.zeros(5)}}
+    logits = features @ params["head"]["kernel"]
+    plain = per_example_losses(params, logits, features, labels, Objective("erm", reweights=False))
+    perturbed = per_example_losses(params, logits, features, labels, Objective("el", True, perturb_gamma=1.0))
+    assert np.all(np.asarray(perturbed) >= np.asarray(plain) - 1e-6)  # CE is convex in z: ascent raises it.
+    assert float(jnp.mean(perturbed)) > float(jnp.mean(plain)) + 1e-3
+    far = per_example_losses(params, logits, features, labels, Objective("el", True, perturb_gamma=1e6))
+    np.testing.assert_allclose(far, plain, rtol=1e-4)
+
+
+def test_training_with_the_perturb_form(tmp_path):
+    config = tiny_config(total_steps=4, robust__method="hrrl", robust__example_level="perturb")
+    results = train_and_evaluate(config, str(tmp_path))
+    assert results["step"] == 4 and 0.0 <= results["test_accuracy"] <= 1.0
