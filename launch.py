@@ -40,9 +40,12 @@ def main(argv: list[str]) -> int:
     config = _CONFIG.value
     try:
         if "compare" in config:
-            from hrrl_jax.evaluate.compare import run_comparison
+            from hrrl_jax.evaluate.compare import ComparisonInterrupted, run_comparison
 
-            run_comparison(config, _WORKDIR.value)
+            try:
+                run_comparison(config, _WORKDIR.value)
+            except ComparisonInterrupted as interruption:
+                print(interruption, file=sys.stderr)
         else:
             train_and_evaluate(config, _WORKDIR.value)
     except (CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError) as error:

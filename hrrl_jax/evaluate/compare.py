@@ -29,6 +29,10 @@ from hrrl_jax.train.loop import train_and_evaluate
 SOURCE_KEYS = ("test_accuracy", "per_concept_accuracy", "worst_concept_accuracy", "best_concept_accuracy")
 
 
+class ComparisonInterrupted(RuntimeError):
+    """A run of the comparison was stopped (SIGTERM/SIGINT) after saving a checkpoint."""
+
+
 def run_config(
     config: ml_collections.ConfigDict, method: str, seed: int, overrides: dict[str, Any]
 ) -> ml_collections.ConfigDict:
@@ -98,7 +102,12 @@ def run_record(
     os.makedirs(workdir, exist_ok=True)
     results_path = os.path.join(workdir, "results.json")
     if not os.path.exists(results_path):
-        train_and_evaluate(config, workdir)
+        outcome = train_and_evaluate(config, workdir)
+        if outcome.get("interrupted"):
+            raise ComparisonInterrupted(
+                f"The run in {workdir} stopped at step {outcome['step']} with a checkpoint; rerun the same "
+                "command to continue the comparison (finished runs are reused)."
+            )
     with open(results_path) as file:
         results = json.load(file)
     transfer_path = os.path.join(workdir, "transfer.json")
