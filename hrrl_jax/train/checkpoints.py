@@ -33,9 +33,6 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def all_steps(self) -> list[int]:
-        return list(self._manager.all_steps())
-
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Starts an asynchronous save of `state` and JSON-serialisable `meta` at `step`."""
         self._manager.save(
