@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, on a machine without internet: the step-throughput benchmark (ResNet-50, 224 px,
-# batch 256, bf16) and the Fashion-MNIST comparison experiment, results written under $OUT.
+# The GPU checks in one go, on a machine without internet, results written under $OUT: the step-throughput
+# benchmark (ResNet-50, 224 px, batch 256, bf16) with the one-pass BatchNorm variance for ERM, HRRL and the
+# plain step, and ERM with the two-pass variance; then, with CHECKS="throughput comparison", the
+# Fashion-MNIST comparison experiment.
 # Needs: the wheels the image lacks in .whl/ (tensorflow-datasets and its dependencies, ml-collections,
 # tensorboardX) and the Fashion-MNIST IDX files in .data/fashion-mnist/.
 # BENCH_ARGS / COMPARE_ARGS add flags (e.g. a tiny budget for a dry run on CPU).
@@ -19,10 +21,19 @@ fi
 PY="${PYTHON:-python3}"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c "import jax; print(jax.__version__, jax.devices())") > "$OUT/device.txt" 2>&1
 
-echo "== step throughput"
-date
-timeout "${BENCH_TIMEOUT:-210}" $PY benchmarks/step_throughput.py --model resnet50 --image-size 224 --batch-size 256 \
-  --precision bfloat16 --methods erm,el,cl,hrrl --json "$OUT/step_throughput.json" ${BENCH_ARGS:-} 2>&1 | grep -v Warning
+CHECKS="${CHECKS:-throughput}"
+BENCH="$PY benchmarks/step_throughput.py --model resnet50 --image-size 224 --batch-size 256 --precision bfloat16"
+if [[ " $CHECKS " == *" throughput "* ]]; then
+  echo "== step throughput"
+  date
+  timeout "${BENCH_TIMEOUT:-210}" $BENCH --methods erm,hrrl,plain --batch-norm-variance one_pass \
+    --json "$OUT/step_throughput_one_pass.json" ${BENCH_ARGS:-} 2>&1 | grep -v Warning
+  timeout "${BENCH_TIMEOUT:-210}" $BENCH --methods erm --batch-norm-variance two_pass \
+    --json "$OUT/step_throughput_two_pass.json" ${BENCH_ARGS:-} 2>&1 | grep -v Warning
+fi
+if [[ " $CHECKS " != *" comparison "* ]]; then
+  exit 0
+fi
 
 echo "== comparison"
 WORKDIR=/tmp/compare

@@ -6,7 +6,9 @@
 
 Step mode builds each method with `hrrl_jax.train.run.build_trainer` (the function the trainer uses), feeds
 one synthetic batch already on the devices, excludes compilation and warm-up, and reports the median over
-several timed windows (each ended by `block_until_ready`). Input mode times the Fashion-MNIST input
+several timed windows (each ended by `block_until_ready`). The method `plain` times the same network in a
+minimal step (mean cross-entropy, SGD with Nesterov momentum, no metrics, no robust state): the floor
+that the trainer's ERM step is held against on the same device. Input mode times the Fashion-MNIST input
 pipeline with augmentation on the host, to tell whether input or compute bounds a run.
 """
 
@@ -14,23 +16,26 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
+import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base  # noqa: E402
 from hrrl_jax.data import DatasetInfo, InputPipeline, load_split  # noqa: E402
 from hrrl_jax.data.hierarchy import cifar100_hierarchy, fashion_mnist_hierarchy, imagenet_hierarchy  # noqa: E402
-from hrrl_jax.models import count_flops, create_model  # noqa: E402
+from hrrl_jax.models import BATCH_NORM_VARIANCES, count_flops, create_model  # noqa: E402
 from hrrl_jax.train.run import build_trainer  # noqa: E402
 
 HIERARCHIES = {
@@ -56,11 +61,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="imagenet2012",
         help="Classes and concept hierarchy of the synthetic labels.",
     )
-    parser.add_argument("--methods", default="erm,el,cl,hrrl")
+    parser.add_argument("--batch-norm-variance", choices=BATCH_NORM_VARIANCES, default="one_pass")
+    parser.add_argument("--methods", default="erm,el,cl,hrrl", help="Any of erm, el, cl, hrrl, group_dro, plain.")
     parser.add_argument("--windows", type=int, default=5, help="Timed windows; the median is reported.")
     parser.add_argument("--steps-per-window", type=int, default=10)
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--input-steps", type=int, default=100, help="Batches timed in input mode.")
+    parser.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="Compile each step and report XLA's memory and bytes-accessed estimates without timing it.",
+    )
     parser.add_argument("--json", default="", help="Also write the rows and the set-up to this JSON file.")
     return parser.parse_args(argv)
 
@@ -69,6 +80,7 @@ def method_config(args: argparse.Namespace, method: str):
     """The base config with the benchmark's model, batch and method; HRRL = reweight + l2."""
     config = base.get_config()
     config.model.name, config.model.width, config.model.stem = args.model, args.width, "auto"
+    config.model.batch_norm_variance = args.batch_norm_variance
     config.batch_size, config.precision = args.batch_size, args.precision
     config.dataset.image_size = args.image_size
     config.robust.method = method
@@ -109,11 +121,47 @@ def forward_flops_per_image(args: argparse.Namespace, info: DatasetInfo) -> floa
     return count_flops(model, variables, (1, *info.image_shape))
 
 
+PlainCarry = tuple[dict[str, Any], Any]
+
+
+def plain_step(
+    carry: PlainCarry, batch: dict[str, jax.Array], *, model: Any, tx: optax.GradientTransformation
+) -> tuple[PlainCarry, jax.Array]:
+    """The network's minimal train step: mean cross-entropy and one optimizer update; returns the loss only."""
+    variables, opt_state = carry
+
+    def loss_fn(params: Any) -> tuple[jax.Array, Any]:
+        (logits, _), updated = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, updated["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+    updates, opt_state = tx.update(grads, opt_state, variables["params"])
+    new_variables = {"params": optax.apply_updates(variables["params"], updates), "batch_stats": batch_stats}
+    return (new_variables, opt_state), loss
+
+
+def step_and_carry(method: str, trainer: Any) -> tuple[Callable[..., Any], Any]:
+    """The jitted step timed for `method` (donating its carry) and the carry it starts from."""
+    if method != "plain":
+        return trainer.jitted_train_step, trainer.state
+    tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
+    variables = {"params": trainer.state.params, "batch_stats": trainer.state.batch_stats}
+    carry = (variables, jax.jit(tx.init)(variables["params"]))
+    return jax.jit(functools.partial(plain_step, model=trainer.model, tx=tx), donate_argnums=0), carry
+
+
 def time_step(
     args: argparse.Namespace, method: str, info: DatasetInfo, concept_sizes: np.ndarray, model_flops_per_step: float
 ) -> dict[str, Any]:
-    """Median step time of one method's jitted train step (compiled once, ahead of time) on a fixed batch."""
-    trainer = build_trainer(method_config(args, method), info, concept_sizes, total_steps=10_000)
+    """Median step time of one method's jitted step (compiled once, ahead of time) on a fixed batch."""
+    config = method_config(args, "erm" if method == "plain" else method)
+    trainer = build_trainer(config, info, concept_sizes, total_steps=10_000)
     rng = np.random.default_rng(0)
     batch = jax.device_put(
         {
@@ -122,9 +170,20 @@ def time_step(
         },
         trainer.data_sharding,
     )
-    compiled_step = trainer.jitted_train_step.lower(trainer.state, batch).compile()
+    jitted_step, state = step_and_carry(method, trainer)
+    compiled_step = jitted_step.lower(state, batch).compile()
     memory = compiled_step.memory_analysis()
-    state = trainer.state
+    cost = compiled_step.cost_analysis()
+    cost = (cost[0] if isinstance(cost, list) else cost) or {}
+    row = {
+        "method": method,
+        "compiled_temp_bytes": getattr(memory, "temp_size_in_bytes", None),
+        "compiled_argument_bytes": getattr(memory, "argument_size_in_bytes", None),
+        "compiled_bytes_accessed": cost.get("bytes accessed"),
+        "device_kind": jax.devices()[0].device_kind,
+    }
+    if args.compile_only:
+        return row
     for _ in range(args.warmup_steps):
         state, metrics = compiled_step(state, batch)
     jax.block_until_ready((state, metrics))
@@ -137,19 +196,15 @@ def time_step(
         window_times.append((time.perf_counter() - start) / args.steps_per_window)
     step_seconds = statistics.median(window_times)
     stats = jax.devices()[0].memory_stats() or {}
-    device_kind = jax.devices()[0].device_kind
-    peak = device_peak_flops(device_kind) if args.precision == "bfloat16" else None
+    peak = device_peak_flops(row["device_kind"]) if args.precision == "bfloat16" else None
     return {
-        "method": method,
+        **row,
         "step_ms": 1000 * step_seconds,
         "step_ms_windows": [1000 * t for t in window_times],
         "images_per_second": args.batch_size / step_seconds,
         "model_tflops_per_step": model_flops_per_step / 1e12,
         "mfu": model_flops_per_step / step_seconds / (peak * jax.device_count()) if peak else None,
-        "compiled_temp_bytes": getattr(memory, "temp_size_in_bytes", None),
-        "compiled_argument_bytes": getattr(memory, "argument_size_in_bytes", None),
         "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
-        "device_kind": device_kind,
     }
 
 
@@ -182,6 +237,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         "ratio_to_erm",
         "mfu",
         "compiled_temp_bytes",
+        "compiled_bytes_accessed",
         "peak_bytes_in_use",
     )
     lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
@@ -191,7 +247,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             value = row.get(column)
             if value is None:
                 cells.append("-")
-            elif column in ("compiled_temp_bytes", "peak_bytes_in_use"):
+            elif column in ("compiled_temp_bytes", "compiled_bytes_accessed", "peak_bytes_in_use"):
                 cells.append(f"{value / 2**20:.1f} MiB")
             elif column in ("ratio_to_erm", "mfu"):
                 cells.append(f"{value:.3f}")
@@ -213,9 +269,9 @@ def main(argv: list[str]) -> None:
         rows = [
             time_step(args, method, info, concept_sizes, model_flops_per_step) for method in args.methods.split(",")
         ]
-        erm = next((row for row in rows if row["method"] == "erm"), None)
+        erm = next((row for row in rows if row["method"] == "erm" and "step_ms" in row), None)
         for row in rows:
-            row["ratio_to_erm"] = row["step_ms"] / erm["step_ms"] if erm else None
+            row["ratio_to_erm"] = row["step_ms"] / erm["step_ms"] if erm and "step_ms" in row else None
     setup = {
         "args": vars(args),
         "date": datetime.date.today().isoformat(),

@@ -33,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "resnet18"
     config.model.width = 64
     config.model.stem = "auto"  # small | imagenet | auto (imagenet stem from 128 px up).
+    # one_pass: BatchNorm variance E[x²] - E[x]² (one read of each activation, as in Flax's default);
+    # two_pass: E[(x - E[x])²] (exact however large the mean; one more memory-bound read per layer).
+    config.model.batch_norm_variance = "one_pass"
 
     config.optimizer = default_optimizer_config()
     config.robust = default_robust_config()

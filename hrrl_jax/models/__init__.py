@@ -4,13 +4,19 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from hrrl_jax.models.flops import count_flops
-from hrrl_jax.models.resnet import RESNET_ARCHITECTURES, STEMS, ResNet
+from hrrl_jax.models.resnet import BATCH_NORM_VARIANCES, RESNET_ARCHITECTURES, STEMS, ResNet
 
 MODEL_NAMES = tuple(RESNET_ARCHITECTURES)
 
 
 def create_model(
-    name: str, *, num_classes: int, width: int = 64, stem: str = "auto", dtype: jnp.dtype = jnp.float32
+    name: str,
+    *,
+    num_classes: int,
+    width: int = 64,
+    stem: str = "auto",
+    dtype: jnp.dtype = jnp.float32,
+    batch_norm_variance: str = "one_pass",
 ) -> nn.Module:
     """Builds the model ``name`` (one of ``MODEL_NAMES``).
 
@@ -20,6 +26,8 @@ def create_model(
         width: channels of the first stage (64 is the standard ResNet; small values make tiny nets).
         stem: ``"small"``, ``"imagenet"`` or ``"auto"`` (ImageNet stem for inputs of side >= 128).
         dtype: compute dtype (float32 or bfloat16); parameters, logits and features stay float32.
+        batch_norm_variance: ``"one_pass"`` (E[x²] - E[x]², one read of each activation) or ``"two_pass"``
+            (E[(x - E[x])²], robust to large means, one more read).
 
     Returns:
         A Flax Linen module; ``apply(variables, images, train=...)`` returns (logits, features).
@@ -34,10 +42,20 @@ def create_model(
         raise ValueError(f"Unknown stem {stem!r} for model {name!r}; choose one of {', '.join(STEMS)}.")
     if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
         raise ValueError(f"Model compute dtype must be float32 or bfloat16, got {dtype!r}.")
+    if batch_norm_variance not in BATCH_NORM_VARIANCES:
+        raise ValueError(
+            f"Unknown batch_norm_variance {batch_norm_variance!r}; choose one of {', '.join(BATCH_NORM_VARIANCES)}."
+        )
     stage_sizes, block_cls = RESNET_ARCHITECTURES[name]
     return ResNet(
-        stage_sizes=stage_sizes, block_cls=block_cls, num_classes=num_classes, width=width, stem=stem, dtype=dtype
+        stage_sizes=stage_sizes,
+        block_cls=block_cls,
+        num_classes=num_classes,
+        width=width,
+        stem=stem,
+        dtype=dtype,
+        batch_norm_variance=batch_norm_variance,
     )
 
 
-__all__ = ["MODEL_NAMES", "create_model", "count_flops", "ResNet"]
+__all__ = ["BATCH_NORM_VARIANCES", "MODEL_NAMES", "create_model", "count_flops", "ResNet"]

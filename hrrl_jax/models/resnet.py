@@ -5,9 +5,10 @@ The network is a feature extractor g followed by a linear head: for images x it 
 (the "deep features" on which the example-level Wasserstein cost of the HRRL objective is measured).
 
 Layout is NHWC. Parameters are float32; ``dtype`` sets the compute dtype of the convolutions
-(float32 or bfloat16). BatchNorm statistics are reduced in float32 with the two-pass variance (so a
-batch sharded over devices gives the statistics of one device to rounding) and kept in the
-``batch_stats`` collection; the features and the head run in float32, so logits and features always
+(float32 or bfloat16). BatchNorm statistics are reduced in float32 and kept in the ``batch_stats``
+collection; ``batch_norm_variance`` picks one pass over the activations (E[x²] - E[x]², what Flax and most
+references use) or two (E[(x - E[x])²], exact to rounding however large the mean, at the price of one more
+memory-bound read of every activation); the features and the head run in float32, so logits and features always
 come out float32.
 
 Conventions follow the torchvision ResNet so that parameter counts match the published figures:
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 STEMS = ("small", "imagenet", "auto")
+BATCH_NORM_VARIANCES = ("one_pass", "two_pass")
 # Input side from which stem="auto" picks the ImageNet stem (7x7 stride 2 + max-pool).
 IMAGENET_STEM_MIN_SIDE = 128
 
@@ -41,6 +43,7 @@ class _ConvBatchNorm(nn.Module):
     strides: int = 1
     zero_init_scale: bool = False
     dtype: jnp.dtype = jnp.float32
+    batch_norm_variance: str = "one_pass"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -60,7 +63,7 @@ class _ConvBatchNorm(nn.Module):
             use_running_average=not train,
             momentum=0.9,
             epsilon=1e-5,
-            use_fast_variance=False,  # Two-pass variance: E[x²] - E[x]² cancels badly in float32.
+            use_fast_variance=self.batch_norm_variance == "one_pass",
             scale_init=nn.initializers.zeros if self.zero_init_scale else nn.initializers.ones,
             dtype=self.dtype,
             param_dtype=jnp.float32,
@@ -74,12 +77,13 @@ class BasicBlock(nn.Module):
     features: int
     strides: int = 1
     dtype: jnp.dtype = jnp.float32
+    batch_norm_variance: str = "one_pass"
 
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        unit = functools.partial(_ConvBatchNorm, dtype=self.dtype)
+        unit = functools.partial(_ConvBatchNorm, dtype=self.dtype, batch_norm_variance=self.batch_norm_variance)
         y = nn.relu(unit(self.features, 3, self.strides, name="unit1")(x, train=train))
         y = unit(self.features, 3, zero_init_scale=True, name="unit2")(y, train=train)
         shortcut = x
@@ -94,12 +98,13 @@ class BottleneckBlock(nn.Module):
     features: int
     strides: int = 1
     dtype: jnp.dtype = jnp.float32
+    batch_norm_variance: str = "one_pass"
 
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        unit = functools.partial(_ConvBatchNorm, dtype=self.dtype)
+        unit = functools.partial(_ConvBatchNorm, dtype=self.dtype, batch_norm_variance=self.batch_norm_variance)
         out_features = self.features * self.expansion
         y = nn.relu(unit(self.features, 1, name="unit1")(x, train=train))
         y = nn.relu(unit(self.features, 3, self.strides, name="unit2")(y, train=train))
@@ -123,6 +128,7 @@ class ResNet(nn.Module):
             (7x7 stride-2 conv + 3x3 stride-2 max-pool) or ``"auto"`` (ImageNet stem when the input
             side is at least 128).
         dtype: compute dtype of the convolutions (float32 or bfloat16); parameters stay float32.
+        batch_norm_variance: ``"one_pass"`` or ``"two_pass"`` BatchNorm variance (see the module docstring).
     """
 
     stage_sizes: Sequence[int]
@@ -131,6 +137,7 @@ class ResNet(nn.Module):
     width: int = 64
     stem: str = "auto"
     dtype: jnp.dtype = jnp.float32
+    batch_norm_variance: str = "one_pass"
 
     def _uses_imagenet_stem(self, image_side: int) -> bool:
         if self.stem not in STEMS:
@@ -153,16 +160,22 @@ class ResNet(nn.Module):
                 f"{images.shape}; add a channel axis to grey-scale images."
             )
         x = images.astype(self.dtype)
+        stem_unit = functools.partial(
+            _ConvBatchNorm, self.width, dtype=self.dtype, batch_norm_variance=self.batch_norm_variance, name="stem"
+        )
         if self._uses_imagenet_stem(images.shape[1]):
-            x = _ConvBatchNorm(self.width, 7, strides=2, dtype=self.dtype, name="stem")(x, train=train)
-            x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = nn.max_pool(nn.relu(stem_unit(7, strides=2)(x, train=train)), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
-            x = nn.relu(_ConvBatchNorm(self.width, 3, dtype=self.dtype, name="stem")(x, train=train))
+            x = nn.relu(stem_unit(3)(x, train=train))
         for stage, num_blocks in enumerate(self.stage_sizes):
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = self.block_cls(
-                    self.width * 2**stage, strides=strides, dtype=self.dtype, name=f"stage{stage + 1}_block{block + 1}"
+                    self.width * 2**stage,
+                    strides=strides,
+                    dtype=self.dtype,
+                    batch_norm_variance=self.batch_norm_variance,
+                    name=f"stage{stage + 1}_block{block + 1}",
                 )(x, train=train)
         features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         # The head runs in float32: it is a negligible share of the compute, and it keeps

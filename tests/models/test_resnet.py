@@ -160,6 +160,26 @@ def test_batch_stats_update_only_in_train_mode():
     np.testing.assert_allclose(logits_eval[:2], logits_eval_other[:2], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch_norm_variance, max_relative_error", [("two_pass", 1e-5), ("one_pass", 1e-1)])
+def test_batch_norm_variance_modes_under_a_large_mean(batch_norm_variance, max_relative_error):
+    """Both modes give the batch variance; only two passes stay exact when the mean dwarfs the spread."""
+    images = jax.random.normal(jax.random.key(0), (8, 8, 8, 16)) + 100.0
+    block = BottleneckBlock(4, batch_norm_variance=batch_norm_variance)
+    variables = block.init(jax.random.key(1), images, train=False)
+    _, updated = block.apply(variables, images, train=True, mutable=["batch_stats"])
+    # unit1 is a 1x1 convolution (no padding): its outputs in float64, means ~ 100 x their spread.
+    kernel = np.asarray(variables["params"]["unit1"]["conv"]["kernel"][0, 0], np.float64)
+    outputs = np.einsum("bhwc,cd->bhwd", np.asarray(images, np.float64), kernel)
+    expected = outputs.var(axis=(0, 1, 2))
+    assert np.min(np.abs(outputs.mean(axis=(0, 1, 2))) / np.sqrt(expected)) > 10
+    # Running variance with momentum 0.9 from 1: new = 0.9 + 0.1 * batch variance.
+    got = (np.asarray(updated["batch_stats"]["unit1"]["bn"]["var"], np.float64) - 0.9) / 0.1
+    relative_error = np.max(np.abs(got - expected) / expected)
+    assert relative_error < max_relative_error
+    if batch_norm_variance == "one_pass":  # E[x²] - E[x]² loses digits to cancellation (measured 6e-3).
+        assert relative_error > 1e-4
+
+
 @pytest.mark.parametrize("name, expected, feature_dim", [("resnet18", 11_689_512, 512), ("resnet50", 25_557_032, 2048)])
 def test_standard_parameter_counts(name, expected, feature_dim):
     model = create_model(name, num_classes=1000)
@@ -191,6 +211,8 @@ def test_unknown_names_and_bad_arguments_are_rejected():
         create_model("resnet18", num_classes=10, stem="large")
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         create_model("resnet18", num_classes=10, dtype=jnp.float16)
+    with pytest.raises(ValueError, match="one_pass, two_pass"):
+        create_model("resnet18", num_classes=10, batch_norm_variance="welford")
     model = create_model("resnet18", num_classes=10, width=4)
     with pytest.raises(ValueError, match="NHWC"):
         _abstract_variables(model, (2, 16, 16))

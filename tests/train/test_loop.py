@@ -30,9 +30,20 @@ def test_resume_is_bit_identical(tmp_path, method):
         assert any(np.asarray(leaf).dtype == np.float32 and np.asarray(leaf).ndim == 1 for leaf in flat)
 
 
-def test_eight_devices_match_one_device():
+# Reductions run in another order on 8 devices (and CPU threads do not fix it), so the states differ by
+# rounding, amplified by the tiny BatchNorm nets: after 3 steps, measured at most 2e-6 and 9e-5 relative on
+# the loss (two-pass, one-pass variance: E[x²] - E[x]² cancels), 3e-5 and 3e-4 on the concept distribution,
+# and 3e-4 and 3e-2 of a state leaf's largest entry. A per-device statistic or gradient instead of the global one would be O(1).
+# (loss rtol, concept distribution atol, leaf atol relative to the leaf's largest entry) per variance.
+SHARDING_TOLERANCES = {"two_pass": (1e-4, 1e-4, 5e-4), "one_pass": (1e-3, 1e-3, 1e-1)}
+
+
+@pytest.mark.parametrize("batch_norm_variance", sorted(SHARDING_TOLERANCES))
+def test_eight_devices_match_one_device(batch_norm_variance):
     assert jax.device_count() == 8
-    config = tiny_config(robust__method="hrrl", optimizer__learning_rate=0.01)  # Tiny BN nets amplify rounding.
+    config = tiny_config(
+        robust__method="hrrl", optimizer__learning_rate=0.01, model__batch_norm_variance=batch_norm_variance
+    )
     splits = load_data(config)
     one = build_run(config, devices=jax.devices()[:1], splits=splits)
     eight = build_run(config, devices=jax.devices(), splits=splits)
@@ -44,15 +55,16 @@ def test_eight_devices_match_one_device():
         )
     assert eight.trainer.jitted_train_step._cache_size() == 1  # Compiled once, never retraced.
     assert len(jax.tree_util.tree_leaves(state_eight.params)[0].sharding.device_set) == 8
-    np.testing.assert_allclose(metrics_one["loss"], metrics_eight["loss"], rtol=1e-4)
-    np.testing.assert_allclose(metrics_one["concept_distribution"], metrics_eight["concept_distribution"], atol=1e-4)
-    # Reductions run in another order on 8 devices (and CPU threads do not fix it): measured differences
-    # reach 5e-5 of a leaf's largest entry after 3 steps; a wrong (per-device) statistic would be O(1).
+    loss_rtol, distribution_atol, leaf_atol = SHARDING_TOLERANCES[batch_norm_variance]
+    np.testing.assert_allclose(metrics_one["loss"], metrics_eight["loss"], rtol=loss_rtol)
+    np.testing.assert_allclose(
+        metrics_one["concept_distribution"], metrics_eight["concept_distribution"], atol=distribution_atol
+    )
     leaves_eight = jax.tree_util.tree_leaves(state_eight)
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state_one), leaves_eight, strict=True):
         scale = max(float(np.max(np.abs(np.asarray(a)))), 1e-3)
         np.testing.assert_allclose(
-            np.asarray(a), np.asarray(b), rtol=0, atol=5e-4 * scale, err_msg=jax.tree_util.keystr(path)
+            np.asarray(a), np.asarray(b), rtol=0, atol=leaf_atol * scale, err_msg=jax.tree_util.keystr(path)
         )
 
 
