@@ -164,7 +164,9 @@ class ResNet(nn.Module):
             _ConvBatchNorm, self.width, dtype=self.dtype, batch_norm_variance=self.batch_norm_variance, name="stem"
         )
         if self._uses_imagenet_stem(images.shape[1]):
-            x = nn.max_pool(nn.relu(stem_unit(7, strides=2)(x, train=train)), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = nn.max_pool(
+                nn.relu(stem_unit(7, strides=2)(x, train=train)), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))
+            )
         else:
             x = nn.relu(stem_unit(3)(x, train=train))
         for stage, num_blocks in enumerate(self.stage_sizes):
