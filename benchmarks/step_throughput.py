@@ -159,7 +159,10 @@ def step_and_carry(method: str, trainer: Any) -> tuple[Callable[..., Any], Any]:
 def time_step(
     args: argparse.Namespace, method: str, info: DatasetInfo, concept_sizes: np.ndarray, model_flops_per_step: float
 ) -> dict[str, Any]:
-    """Median step time of one method's jitted step (compiled once, ahead of time) on a fixed batch."""
+    """Median step time of one method's jitted step (compiled once, ahead of time) on a fixed batch.
+
+    With `--compile-only`, only XLA's compiled memory and bytes-accessed estimates of the step.
+    """
     config = method_config(args, "erm" if method == "plain" else method)
     trainer = build_trainer(config, info, concept_sizes, total_steps=10_000)
     rng = np.random.default_rng(0)

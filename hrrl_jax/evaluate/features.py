@@ -45,6 +45,8 @@ def load_trained_model(workdir: str) -> TrainedModel:
         raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training work directory.")
     with open(config_path) as file:
         config = ml_collections.ConfigDict(json.load(file))
+    if "batch_norm_variance" not in config.model:  # Written before the key existed, when two passes were the rule.
+        config.model.batch_norm_variance = "two_pass"
     checkpoints = os.path.join(os.path.abspath(workdir), "checkpoints")
     steps = (
         sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit()) if os.path.isdir(checkpoints) else []

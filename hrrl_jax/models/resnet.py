@@ -71,6 +71,17 @@ class _ConvBatchNorm(nn.Module):
         )(x)
 
 
+def _join_shortcut(x: jax.Array, y: jax.Array, *, unit: functools.partial, strides: int, train: bool) -> jax.Array:
+    """relu(shortcut + y): the input itself, or a strided 1x1 ``projection`` of it where the shape changes.
+
+    Called inside a block's compact ``__call__``, so the projection is a submodule of that block.
+    """
+    shortcut = x
+    if strides != 1 or x.shape[-1] != y.shape[-1]:
+        shortcut = unit(y.shape[-1], 1, strides, name="projection")(x, train=train)
+    return nn.relu(shortcut + y)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a residual connection (ResNet-18/34); output channels = ``features``."""
 
@@ -86,10 +97,7 @@ class BasicBlock(nn.Module):
         unit = functools.partial(_ConvBatchNorm, dtype=self.dtype, batch_norm_variance=self.batch_norm_variance)
         y = nn.relu(unit(self.features, 3, self.strides, name="unit1")(x, train=train))
         y = unit(self.features, 3, zero_init_scale=True, name="unit2")(y, train=train)
-        shortcut = x
-        if self.strides != 1 or x.shape[-1] != self.features:
-            shortcut = unit(self.features, 1, self.strides, name="projection")(x, train=train)
-        return nn.relu(shortcut + y)
+        return _join_shortcut(x, y, unit=unit, strides=self.strides, train=train)
 
 
 class BottleneckBlock(nn.Module):
@@ -105,14 +113,10 @@ class BottleneckBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         unit = functools.partial(_ConvBatchNorm, dtype=self.dtype, batch_norm_variance=self.batch_norm_variance)
-        out_features = self.features * self.expansion
         y = nn.relu(unit(self.features, 1, name="unit1")(x, train=train))
         y = nn.relu(unit(self.features, 3, self.strides, name="unit2")(y, train=train))
-        y = unit(out_features, 1, zero_init_scale=True, name="unit3")(y, train=train)
-        shortcut = x
-        if self.strides != 1 or x.shape[-1] != out_features:
-            shortcut = unit(out_features, 1, self.strides, name="projection")(x, train=train)
-        return nn.relu(shortcut + y)
+        y = unit(self.features * self.expansion, 1, zero_init_scale=True, name="unit3")(y, train=train)
+        return _join_shortcut(x, y, unit=unit, strides=self.strides, train=train)
 
 
 class ResNet(nn.Module):

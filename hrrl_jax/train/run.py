@@ -97,8 +97,7 @@ def configured_model(config: ml_collections.ConfigDict, num_classes: int) -> Any
         width=config.model.width,
         stem=config.model.stem,
         dtype=PRECISIONS[config.precision],
-        # Runs written before the key existed used two passes (it only changes training-mode statistics).
-        batch_norm_variance=config.model.get("batch_norm_variance", "two_pass"),
+        batch_norm_variance=config.model.batch_norm_variance,
     )
 
 

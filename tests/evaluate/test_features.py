@@ -1,5 +1,8 @@
 """The features CLI: shapes and labels from a run's checkpoint, and user images embedded like the source."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -25,6 +28,17 @@ def test_dataset_features_have_the_right_shapes(trained_workdir, tmp_path):
     assert saved["features"].shape == (len(test), 4 * 8)  # ResNet-18 features: 8 x width.
     np.testing.assert_array_equal(saved["labels"], test.labels)
     assert np.isfinite(saved["features"]).all() and saved["features"].std() > 0
+
+
+def test_a_run_written_before_the_batch_norm_variance_key_loads_as_two_pass(trained_workdir, tmp_path):
+    old_run = tmp_path / "old_run"
+    shutil.copytree(trained_workdir, old_run)
+    config = json.loads((old_run / "config.json").read_text())
+    assert config["model"].pop("batch_norm_variance") == "one_pass"
+    (old_run / "config.json").write_text(json.dumps(config))
+    trained = features_cli.load_trained_model(str(old_run))
+    assert trained.model.batch_norm_variance == "two_pass"
+    assert trained.step == features_cli.load_trained_model(str(trained_workdir)).step
 
 
 def test_user_images_are_embedded_exactly_like_the_source(trained_workdir, tmp_path):
