@@ -1,6 +1,8 @@
 """Entry point: `python launch.py --config configs/<experiment>.py --workdir DIR [--config.key=value ...]`.
 
 Trains and evaluates one run, or, for a config with a `compare` section, the whole comparison experiment.
+The config is validated first, before jax is imported or any data read; a mistake in the user's input
+(`hrrl_jax.errors.UserError`: config, data, checkpoint) is one `error: ...` line and exit code 1.
 """
 
 import os
@@ -8,6 +10,9 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from hrrl_jax.errors import UserError
+from hrrl_jax.schema import validate_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -23,6 +28,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> int:
+    config = _CONFIG.value
+    try:
+        validate_config(config)  # A bad value fails here in a second, naming its key.
+    except UserError as error:
+        return _report(error)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import jax
@@ -34,10 +44,9 @@ def main(argv: list[str]) -> int:
     if _CACHE.value:
         jax.config.update("jax_compilation_cache_dir", _CACHE.value)
 
-    from hrrl_jax.train.checkpoints import CheckpointError
     from hrrl_jax.train.loop import NonFiniteLossError, train_and_evaluate
+    from hrrl_jax.workdir.checkpoints import CheckpointError
 
-    config = _CONFIG.value
     try:
         if "compare" in config:
             from hrrl_jax.evaluate.compare import ComparisonInterrupted, run_comparison
@@ -48,10 +57,15 @@ def main(argv: list[str]) -> int:
                 print(interruption, file=sys.stderr)
         else:
             train_and_evaluate(config, _WORKDIR.value)
-    except (CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    except (UserError, CheckpointError, NonFiniteLossError, FileNotFoundError) as error:
+        return _report(error)
     return 0
+
+
+def _report(error: Exception) -> int:
+    """Prints the user's mistake as `error: <message>` on stderr, without a traceback; the exit code."""
+    print(f"error: {error}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ one pass without it writes the report (benchmarks/gpu_checks.sh does this).
 import ml_collections
 
 from configs import base
+from hrrl_jax import schema
 
 HELD_OUT_CLASSES = (3, 6, 9)  # Dress (trousers & dresses), Shirt (tops), Ankle boot (footwear).
 
@@ -36,7 +37,7 @@ def get_config():
     config.optimizer.learning_rate = 0.1
     config.optimizer.weight_decay = 5e-4
 
-    config.compare = ml_collections.ConfigDict()
+    config.compare = schema.default_compare_config()
     config.compare.methods = ("erm", "el", "cl", "hrrl", "group_dro")
     config.compare.seeds = (0, 1, 2)
     config.compare.overrides = ml_collections.ConfigDict(

@@ -1,6 +1,6 @@
 """`load_split`: data sets by name, their appearance-shifted variants, sub-splits and class filters.
 
-Names: the base data sets of KNOWN_DATASETS and `<base>_shift/<shift>` for each shift of KNOWN_SHIFTS
+Names (hrrl_jax.schema): the base data sets of KNOWN_DATASETS and `<base>_shift/<shift>` for each shift of KNOWN_SHIFTS
 (e.g. `fashion_mnist_shift/lowres4`: the base split with every image down-sampled by 4 and restored).
 Splits: a split name (`train`, `test`) optionally sliced as in TFDS, `train[:90%]`, `train[54000:]`.
 """
@@ -8,32 +8,31 @@ Splits: a split name (`train`, `test`) optionally sliced as in TFDS, `train[:90%
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from hrrl_jax.data import loaders
-from hrrl_jax.data.shifts import KNOWN_SHIFTS, apply_shift
-from hrrl_jax.data.split_data import SplitData
+from hrrl_jax.data.shifts import apply_shift
+from hrrl_jax.data.split_data import DatasetInfo, SplitData
+from hrrl_jax.schema import SHIFT_MARKER, SPLIT_PATTERN, known_dataset_names
 
 SHIFT_SEED = 0
-_SHIFT_MARKER = "_shift/"
 _BASE_LOADERS: dict[str, Callable[[str, str | None], SplitData]] = {
     "fashion_mnist": loaders.load_fashion_mnist,
     "digits": loaders.load_digits,
     "cifar10": loaders.load_cifar10,
     "cifar100": loaders.load_cifar100,
     "imagenet2012": loaders.load_imagenet,
+}  # One loader for each of hrrl_jax.schema.KNOWN_DATASETS (tested).
+_BASE_INFOS = {
+    "fashion_mnist": loaders.FASHION_MNIST_INFO,
+    "digits": loaders.DIGITS_INFO,
+    "cifar10": loaders.CIFAR10_INFO,
+    "cifar100": loaders.CIFAR100_INFO,
+    "imagenet2012": loaders.IMAGENET_INFO,
 }
-KNOWN_DATASETS: tuple[str, ...] = tuple(_BASE_LOADERS)
 _READ_ON_DEMAND = frozenset({"imagenet2012"})
-_SPLIT_PATTERN = re.compile(r"^(?P<split>\w+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
-
-
-def _known_names() -> str:
-    shifted = [f"{base}{_SHIFT_MARKER}{shift}" for base in KNOWN_DATASETS for shift in KNOWN_SHIFTS]
-    return ", ".join((*KNOWN_DATASETS, *shifted))
 
 
 def _slice_bound(bound: str | None, size: int) -> int | None:
@@ -79,9 +78,28 @@ def _with_classes(split_data: SplitData, kept: list[int]) -> SplitData:
     new_label[kept] = np.arange(len(kept), dtype=np.int32)
     in_range = (split_data.labels >= 0) & (split_data.labels < info.num_classes)
     rows = np.flatnonzero(in_range & np.isin(split_data.labels, kept))
-    hierarchy = info.hierarchy.restricted_to(kept)
-    new_info = dataclasses.replace(info, num_classes=len(kept), hierarchy=hierarchy)
-    return split_data.select(rows, labels=new_label[split_data.labels[rows]], info=new_info)
+    return split_data.select(rows, labels=new_label[split_data.labels[rows]], info=_restricted_info(info, kept))
+
+
+def _restricted_info(info: DatasetInfo, kept: list[int]) -> DatasetInfo:
+    """The description of the data set reduced to the `kept` classes (relabelled 0..len(kept) - 1)."""
+    return dataclasses.replace(info, num_classes=len(kept), hierarchy=info.hierarchy.restricted_to(kept))
+
+
+def describe_dataset(
+    name: str, *, exclude_classes: Sequence[int] = (), only_classes: Sequence[int] = ()
+) -> DatasetInfo:
+    """What `load_split(name, ..., exclude_classes, only_classes).info` holds, without reading any data."""
+    _check_name(name)
+    info = dataclasses.replace(_BASE_INFOS[name.partition(SHIFT_MARKER)[0]], name=name)
+    if len(exclude_classes) or len(only_classes):
+        info = _restricted_info(info, _kept_classes(info.num_classes, exclude_classes, only_classes))
+    return info
+
+
+def _check_name(name: str) -> None:
+    if name not in known_dataset_names():
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(known_dataset_names())}.")
 
 
 def load_split(
@@ -105,10 +123,9 @@ def load_split(
     Returns:
       The split's SplitData.
     """
-    base_name, _, shift = name.partition(_SHIFT_MARKER)
-    if base_name not in _BASE_LOADERS or (_SHIFT_MARKER in name and shift not in KNOWN_SHIFTS):
-        raise ValueError(f"unknown data set {name!r}; known: {_known_names()}.")
-    match = _SPLIT_PATTERN.match(split)
+    _check_name(name)
+    base_name, _, shift = name.partition(SHIFT_MARKER)
+    match = SPLIT_PATTERN.match(split)
     if match is None:
         raise ValueError(f"cannot parse split {split!r}; use e.g. 'train', 'test' or 'train[:90%]'.")
     split_data = _BASE_LOADERS[base_name](match["split"], data_dir)

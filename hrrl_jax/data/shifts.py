@@ -15,6 +15,8 @@ from collections.abc import Callable
 import numpy as np
 import scipy.ndimage
 
+from hrrl_jax.schema import KNOWN_SHIFTS
+
 _NOISE_STD = 0.1 * 255.0
 
 
@@ -44,9 +46,7 @@ _DETERMINISTIC_SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "lowres4": lambda images: _restore_low_resolution(images, 4),
     "rotate30": lambda images: _rotate(images, 30.0),
     "blur": lambda images: _blur(images, 1.0),
-}
-
-KNOWN_SHIFTS: tuple[str, ...] = (*_DETERMINISTIC_SHIFTS, "noise")
+}  # With "noise" (drawn per example), every one of KNOWN_SHIFTS (tested).
 
 
 def apply_shift(images: np.ndarray, shift: str, *, seed: int, example_ids: np.ndarray | None = None) -> np.ndarray:

@@ -25,6 +25,7 @@ from hrrl_jax.evaluate.features import TrainedModel, extract_features, load_trai
 from hrrl_jax.evaluate.probe import evaluate_linear_probe
 from hrrl_jax.evaluate.retrieval import recall_at_k
 from hrrl_jax.train.loop import train_and_evaluate
+from hrrl_jax.workdir import WorkDir
 
 SOURCE_KEYS = ("test_accuracy", "per_concept_accuracy", "worst_concept_accuracy", "best_concept_accuracy")
 
@@ -99,18 +100,18 @@ def run_record(
 
     `targets` maps each target's name to a function returning its (train, test) splits.
     """
-    os.makedirs(workdir, exist_ok=True)
-    results_path = os.path.join(workdir, "results.json")
-    if not os.path.exists(results_path):
+    run_directory = WorkDir(workdir)
+    os.makedirs(run_directory.path, exist_ok=True)
+    results = run_directory.read_results()
+    if results is None:
         outcome = train_and_evaluate(config, workdir)
         if outcome.get("interrupted"):
             raise ComparisonInterrupted(
                 f"The run in {workdir} stopped at step {outcome['step']} with a checkpoint; rerun the same "
                 "command to continue the comparison (finished runs are reused)."
             )
-    with open(results_path) as file:
-        results = json.load(file)
-    transfer_path = os.path.join(workdir, "transfer.json")
+        results = run_directory.read_results()
+    transfer_path = run_directory.file("transfer.json")
     if os.path.exists(transfer_path):
         with open(transfer_path) as file:
             transfer = json.load(file)
@@ -127,20 +128,17 @@ def run_record(
         "seed": config.seed,
         "source": {key: results[key] for key in SOURCE_KEYS},
         "targets": transfer,
-        "concept_distribution": concept_distribution_history(workdir),
+        "concept_distribution": concept_distribution_history(run_directory),
     }
 
 
-def concept_distribution_history(workdir: str) -> list[tuple[int, list[float]]]:
+def concept_distribution_history(run_directory: WorkDir) -> list[tuple[int, list[float]]]:
     """(step, p) from the run's metrics.jsonl (empty for ERM, which has no adversary)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    history = []
-    with open(path) as file:
-        for line in file:
-            record = json.loads(line)
-            if "concept_distribution" in record:
-                history.append((record["step"], record["concept_distribution"]))
-    return history
+    return [
+        (record["step"], record["concept_distribution"])
+        for record in run_directory.read_metrics()
+        if "concept_distribution" in record
+    ]
 
 
 def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
@@ -152,8 +150,7 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> list[dict
     compare = config.compare
     os.makedirs(workdir, exist_ok=True)
     if compare.write_report:
-        with open(os.path.join(workdir, "config.json"), "w") as file:
-            file.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        WorkDir(workdir).record_config(config, step=0)
 
     targets = {name: functools.cache(functools.partial(target_splits, config, name)) for name in compare.targets}
 

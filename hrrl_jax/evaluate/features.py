@@ -13,18 +13,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
-import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from hrrl_jax.data import ConceptHierarchy, DatasetInfo, InputPipeline, SplitData, load_split
-from hrrl_jax.train.run import configured_model, load_data
+from hrrl_jax.data import ConceptHierarchy, DatasetInfo, InputPipeline, SplitData, describe_dataset, load_split
+from hrrl_jax.schema import config_from_json
+from hrrl_jax.train.run import configured_model
 from hrrl_jax.train.sharding import data_parallel_mesh
+from hrrl_jax.workdir import Checkpointer, WorkDir
 
 
 @dataclasses.dataclass
@@ -39,30 +39,37 @@ class TrainedModel:
 
 
 def load_trained_model(workdir: str) -> TrainedModel:
-    """Rebuilds the model of the run in `workdir` from its config.json and latest checkpoint."""
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path} not found: {workdir} is not a training work directory.")
-    with open(config_path) as file:
-        config = ml_collections.ConfigDict(json.load(file))
-    if "batch_norm_variance" not in config.model:  # Written before the key existed, when two passes were the rule.
-        config.model.batch_norm_variance = "two_pass"
-    checkpoints = os.path.join(os.path.abspath(workdir), "checkpoints")
-    steps = (
-        sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit()) if os.path.isdir(checkpoints) else []
+    """Rebuilds the model of the run in `workdir` from its config.json and latest checkpoint.
+
+    The data set's description comes from its name (no image is read); the variables are restored through the
+    run's own checkpoint code, into the model's shapes, replicated over the local devices.
+    """
+    directory = WorkDir(workdir)
+    config = config_from_json(directory.read_config_dict())
+    step = directory.latest_checkpoint_step()
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint in {directory.checkpoints}: train the run first (launch.py).")
+    dataset = config.dataset
+    source_info = describe_dataset(
+        dataset.name, exclude_classes=tuple(dataset.exclude_classes), only_classes=tuple(dataset.only_classes)
     )
-    if not steps:
-        raise FileNotFoundError(f"No checkpoint in {checkpoints}: train the run first (launch.py).")
-    saved = ocp.PyTreeCheckpointer().restore(os.path.join(checkpoints, str(steps[-1]), "state"))
-    source_info = load_data(config)[0].info
     model = configured_model(config, source_info.num_classes)
-    variables = {"params": saved["params"], "batch_stats": saved["batch_stats"]}
-    return TrainedModel(config=config, info=source_info, model=model, variables=variables, step=steps[-1])
+    side = dataset.image_size or source_info.image_shape[0]
+    images = jax.ShapeDtypeStruct((1, side, side, source_info.image_shape[2]), jnp.float32)
+    abstract_variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    _, _, replicated = data_parallel_mesh()
+    checkpointer = Checkpointer(directory.checkpoints, asynchronous=False)
+    try:
+        variables = checkpointer.restore_model_variables(step, dict(abstract_variables), replicated)
+    finally:
+        checkpointer.close()
+    return TrainedModel(config=config, info=source_info, model=model, variables=variables, step=step)
 
 
 def source_image_size(trained: TrainedModel) -> int:
     """The side of the images the model was trained on."""
-    return trained.config.dataset.image_size or trained.info.image_shape[0]
+    image_size = trained.config.dataset.image_size
+    return trained.info.image_shape[0] if image_size is None else image_size
 
 
 def extract_features(

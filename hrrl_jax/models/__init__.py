@@ -4,9 +4,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from hrrl_jax.models.flops import count_flops
-from hrrl_jax.models.resnet import BATCH_NORM_VARIANCES, RESNET_ARCHITECTURES, STEMS, ResNet
-
-MODEL_NAMES = tuple(RESNET_ARCHITECTURES)
+from hrrl_jax.models.resnet import RESNET_ARCHITECTURES, ResNet
+from hrrl_jax.schema import BATCH_NORM_VARIANCES, MODEL_NAMES, STEMS
 
 
 def create_model(
@@ -16,7 +15,7 @@ def create_model(
     width: int = 64,
     stem: str = "auto",
     dtype: jnp.dtype = jnp.float32,
-    batch_norm_variance: str = "one_pass",
+    batch_norm_variance: str = "shifted_one_pass",
 ) -> nn.Module:
     """Builds the model ``name`` (one of ``MODEL_NAMES``).
 
@@ -26,8 +25,9 @@ def create_model(
         width: channels of the first stage (64 is the standard ResNet; small values make tiny nets).
         stem: ``"small"``, ``"imagenet"`` or ``"auto"`` (ImageNet stem for inputs of side >= 128).
         dtype: compute dtype (float32 or bfloat16); parameters, logits and features stay float32.
-        batch_norm_variance: ``"one_pass"`` (E[x²] - E[x]², one read of each activation) or ``"two_pass"``
-            (E[(x - E[x])²], robust to large means, one more read).
+        batch_norm_variance: ``"shifted_one_pass"`` (the default: one read of each activation, exact to
+            float32 rounding whatever the mean), ``"one_pass"`` (E[x²] - E[x]², cancels under a large mean) or
+            ``"two_pass"`` (E[(x - E[x])²], one more read); see ``hrrl_jax.models.batch_norm``.
 
     Returns:
         A Flax Linen module; ``apply(variables, images, train=...)`` returns (logits, features).

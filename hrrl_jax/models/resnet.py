@@ -6,10 +6,9 @@ The network is a feature extractor g followed by a linear head: for images x it 
 
 Layout is NHWC. Parameters are float32; ``dtype`` sets the compute dtype of the convolutions
 (float32 or bfloat16). BatchNorm statistics are reduced in float32 and kept in the ``batch_stats``
-collection; ``batch_norm_variance`` picks one pass over the activations (E[x²] - E[x]², what Flax and most
-references use) or two (E[(x - E[x])²], exact to rounding however large the mean, at the price of one more
-memory-bound read of every activation); the features and the head run in float32, so logits and features always
-come out float32.
+collection; ``batch_norm_variance`` picks how the batch variance is computed (``hrrl_jax.models.batch_norm``
+explains the three forms and their numerics). The features and the head run in float32, so logits and features
+always come out float32.
 
 Conventions follow the torchvision ResNet so that parameter counts match the published figures:
 convolutions without bias before every BatchNorm, stride on the 3x3 convolution of a bottleneck
@@ -26,8 +25,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-STEMS = ("small", "imagenet", "auto")
-BATCH_NORM_VARIANCES = ("one_pass", "two_pass")
+from hrrl_jax.models.batch_norm import BatchNorm
+from hrrl_jax.schema import STEMS
+
 # Input side from which stem="auto" picks the ImageNet stem (7x7 stride 2 + max-pool).
 IMAGENET_STEM_MIN_SIDE = 128
 
@@ -43,7 +43,7 @@ class _ConvBatchNorm(nn.Module):
     strides: int = 1
     zero_init_scale: bool = False
     dtype: jnp.dtype = jnp.float32
-    batch_norm_variance: str = "one_pass"
+    batch_norm_variance: str = "shifted_one_pass"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -59,14 +59,13 @@ class _ConvBatchNorm(nn.Module):
             param_dtype=jnp.float32,
             name="conv",
         )(x)
-        return nn.BatchNorm(
+        return BatchNorm(
             use_running_average=not train,
+            variance=self.batch_norm_variance,
             momentum=0.9,
             epsilon=1e-5,
-            use_fast_variance=self.batch_norm_variance == "one_pass",
             scale_init=nn.initializers.zeros if self.zero_init_scale else nn.initializers.ones,
             dtype=self.dtype,
-            param_dtype=jnp.float32,
             name="bn",
         )(x)
 
@@ -88,7 +87,7 @@ class BasicBlock(nn.Module):
     features: int
     strides: int = 1
     dtype: jnp.dtype = jnp.float32
-    batch_norm_variance: str = "one_pass"
+    batch_norm_variance: str = "shifted_one_pass"
 
     expansion = 1
 
@@ -106,7 +105,7 @@ class BottleneckBlock(nn.Module):
     features: int
     strides: int = 1
     dtype: jnp.dtype = jnp.float32
-    batch_norm_variance: str = "one_pass"
+    batch_norm_variance: str = "shifted_one_pass"
 
     expansion = 4
 
@@ -132,7 +131,8 @@ class ResNet(nn.Module):
             (7x7 stride-2 conv + 3x3 stride-2 max-pool) or ``"auto"`` (ImageNet stem when the input
             side is at least 128).
         dtype: compute dtype of the convolutions (float32 or bfloat16); parameters stay float32.
-        batch_norm_variance: ``"one_pass"`` or ``"two_pass"`` BatchNorm variance (see the module docstring).
+        batch_norm_variance: how BatchNorm computes the batch variance, one of
+            ``hrrl_jax.models.batch_norm.BATCH_NORM_VARIANCES``.
     """
 
     stage_sizes: Sequence[int]
@@ -141,7 +141,7 @@ class ResNet(nn.Module):
     width: int = 64
     stem: str = "auto"
     dtype: jnp.dtype = jnp.float32
-    batch_norm_variance: str = "one_pass"
+    batch_norm_variance: str = "shifted_one_pass"
 
     def _uses_imagenet_stem(self, image_side: int) -> bool:
         if self.stem not in STEMS:

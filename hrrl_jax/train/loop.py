@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import time
 from typing import Any
 
@@ -12,42 +10,18 @@ import jax
 import ml_collections
 import numpy as np
 
+from hrrl_jax.errors import UserError
+from hrrl_jax.schema import validate_config
 from hrrl_jax.train import evaluation
-from hrrl_jax.train.checkpoints import Checkpointer
 from hrrl_jax.train.metrics import MetricWriter, ProgressBar
+from hrrl_jax.train.preemption import StopRequest
 from hrrl_jax.train.run import build_run
 from hrrl_jax.train.state import TrainState, abstract_train_state
+from hrrl_jax.workdir import Checkpointer, WorkDir
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite."""
-
-
-class _StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop checks after each step (to save and exit cleanly)."""
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopRequest":
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal_name = signal.Signals(signum).name
-
-    def __exit__(self, *exc_info: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes the resolved configuration to `workdir/config.json`."""
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as file:
-            file.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def train_and_evaluate(
@@ -58,19 +32,22 @@ def train_and_evaluate(
     `stop_at_step` ends the run early with a checkpoint, as a preemption would (time-sliced jobs, tests);
     rerunning without it continues to `total_steps` exactly as an uninterrupted run.
     """
-    os.makedirs(workdir, exist_ok=True)
-    write_config(config, workdir)
+    validate_config(config)
+    directory = WorkDir(workdir)
+    os.makedirs(directory.path, exist_ok=True)
     is_main_process = jax.process_index() == 0
     run = build_run(config)
     state, hierarchy, info = run.trainer.state, run.hierarchy, run.info
     total_steps = run.total_steps
 
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    checkpointer = Checkpointer(directory.checkpoints, keep=config.keep_checkpoints)
     start_step = 0
     if checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(checkpointer.latest_step(), abstract_train_state(state))
         start_step = int(jax.device_get(state.step))
         print(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}.", flush=True)
+    if is_main_process:  # Only now: a launch that cannot resume leaves the record of the checkpoints as it was.
+        _report_config_changes(directory.record_config(config, step=start_step), start_step)
     jitted_train_step, jitted_eval_step = run.trainer.jitted_train_step, run.trainer.jitted_eval_step
     train_pipeline, eval_pipeline = run.train_pipeline, run.eval_pipeline
 
@@ -79,7 +56,7 @@ def train_and_evaluate(
 
     # Only process 0 writes metrics: every process creating the TensorBoard directory races on a shared workdir.
     writer = (
-        MetricWriter(workdir, vector_names={"concept_distribution": list(hierarchy.concept_names)})
+        MetricWriter(directory, vector_names={"concept_distribution": list(hierarchy.concept_names)})
         if is_main_process
         else None
     )
@@ -112,7 +89,7 @@ def train_and_evaluate(
 
     iterator = train_pipeline.iterate(start_step)
     try:
-        with _StopRequest() as stop:
+        with StopRequest() as stop:
             for step in range(start_step + 1, total_steps + 1):
                 state, metrics = jitted_train_step(state, next(iterator))
                 check_finite()  # The previous step's: one step of lag keeps the device busy.
@@ -132,10 +109,11 @@ def train_and_evaluate(
                         writer.write(step, evaluation.scalar_summary(eval_results), prefix="eval")
                 if step % config.checkpoint_every_steps == 0 and step < total_steps:
                     save(step)
-                if stop.signal_name is not None or step == stop_at_step:
+                stop_requested = stop.should_stop(step)
+                if stop_requested or step == stop_at_step:
                     save(step)
                     checkpointer.wait()
-                    reason = f"{stop.signal_name} received" if stop.signal_name else f"stop_at_step={step}"
+                    reason = stop.reason if stop_requested else f"stop_at_step={step}"
                     print(f"\n{reason}: saved a checkpoint at step {step}; exiting.", flush=True)
                     return {"step": step, "interrupted": True}
         progress.close()
@@ -144,8 +122,7 @@ def train_and_evaluate(
         results = evaluate(state)
         results = {"step": final_step, **results}
         if is_main_process:
-            with open(os.path.join(workdir, "results.json"), "w") as file:
-                json.dump(results, file, indent=2)
+            directory.write_results(results)
             print(evaluation.format_results_table(results, title=f"{config.robust.method} on {info.name}"))
         return results
     finally:
@@ -154,6 +131,13 @@ def train_and_evaluate(
         if writer is not None:
             writer.close()
         checkpointer.close()
+
+
+def _report_config_changes(changed: dict[str, list[Any]], step: int) -> None:
+    """Says on the console which keys of the configuration a resumed run changed, and where that is kept."""
+    if changed:
+        lines = "".join(f"\n  {key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        print(f"The configuration changed at step {step} (recorded in config_history.jsonl):{lines}", flush=True)
 
 
 def _mean_metrics(window: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]:

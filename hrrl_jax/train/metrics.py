@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping
 
 import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
+
+from hrrl_jax.workdir.layout import WorkDir, metrics_filename
 
 
 def to_python(value: Any) -> Any:
@@ -27,15 +28,14 @@ class MetricWriter:
     scalar per entry, named with `vector_names` where given (e.g. concept names).
     """
 
-    def __init__(self, workdir: str, *, vector_names: Mapping[str, list[str]] | None = None):
+    def __init__(self, workdir: WorkDir, *, vector_names: Mapping[str, list[str]] | None = None):
         self._workdir = workdir
-        self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tensorboard = SummaryWriter(workdir.tensorboard)
         self._vector_names = dict(vector_names or {})
 
     def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = "train") -> dict[str, Any]:
         record = {"step": int(step), **{name: to_python(value) for name, value in metrics.items()}}
-        filename = "metrics.jsonl" if prefix == "train" else f"{prefix}_metrics.jsonl"
-        with open(os.path.join(self._workdir, filename), "a") as file:
+        with open(self._workdir.file(metrics_filename(prefix)), "a") as file:
             file.write(json.dumps(record) + "\n")
         for name, value in record.items():
             if name == "step":

@@ -14,9 +14,9 @@ import numpy as np
 import optax
 
 from hrrl_jax import robust
+from hrrl_jax.schema import EXAMPLE_LEVELS, ROBUST_METHODS, default_robust_config
 
-ROBUST_METHODS = ("erm", "el", "cl", "hrrl", "group_dro")
-EXAMPLE_LEVELS = ("reweight", "perturb")
+__all__ = ["EXAMPLE_LEVELS", "ROBUST_METHODS", "Objective", "build_objective", "default_robust_config"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,26 +31,6 @@ class Objective:
     reweights: bool
     perturb_gamma: float | None = None
     perturb_steps: int = 1
-
-
-def default_robust_config() -> ml_collections.ConfigDict:
-    """Every `config.robust` key with its default (plain ERM)."""
-    config = ml_collections.ConfigDict()
-    config.method = "erm"
-    config.divergence = "l2"  # Concept level: l2 | kl | wasserstein.
-    config.lam = 1.0  # Concept-level penalty λ; smaller = more adversarial.
-    config.prior = "uniform"  # uniform | empirical.
-    config.cost = ""  # Concept ground cost for `wasserstein`: "" (1 - I), "hierarchy", or a .npy/.csv K x K file.
-    config.temperature = 0.1  # τ_c of the entropic `wasserstein` response.
-    config.example_level = "reweight"  # reweight | perturb.
-    config.gamma = 1.0  # Wasserstein penalty multiplier γ of the example level.
-    config.example_temperature = 1.0  # τ_e of `reweight`.
-    config.radius = 0.0  # > 0: find γ per class so the coupling moves exactly this much (reweight only).
-    config.perturb_steps = 1  # Ascent steps of the `perturb` form.
-    config.step_offset = 0.0  # t0 of the adversary's step size 1 / (t + 1 + t0).
-    config.constant_step = 0.0  # > 0: constant adversary step instead of 1 / (t + 1 + t0).
-    config.group_dro_eta = 0.01  # Group DRO's step size η (lam = 1 / η, cumulative losses).
-    return config
 
 
 def build_objective(
@@ -84,9 +64,9 @@ def build_objective(
         example_level="reweight" if reweight else "none",
         gamma=config.gamma,
         example_temperature=config.example_temperature,
-        radius=config.radius if config.radius > 0 else None,
+        radius=config.radius,
         step_offset=config.step_offset,
-        constant_step=config.constant_step if config.constant_step > 0 else None,
+        constant_step=config.constant_step,
     )
     if method == "group_dro":
         transform_args.update(divergence="kl", lam=1.0 / config.group_dro_eta, accumulate="sum")
@@ -100,13 +80,13 @@ def build_objective(
     return objective, transform
 
 
-def _concept_cost(cost: str, num_concepts: int) -> np.ndarray | None:
+def _concept_cost(cost: str | None, num_concepts: int) -> np.ndarray | None:
     """The K x K ground cost of the `wasserstein` concept response, or None for the default 1 - I.
 
     "hierarchy": the data sets here have a single concept level, so the tree distance between concepts
     is 1 - I as well; a file gives any other metric.
     """
-    if cost in ("", "hierarchy"):
+    if cost is None or cost == "hierarchy":
         return None
     if not os.path.exists(cost):
         raise FileNotFoundError(f"config.robust.cost={cost!r}: no such file (give a .npy or .csv K x K matrix).")

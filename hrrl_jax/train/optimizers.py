@@ -7,7 +7,7 @@ Two recipes:
   * ``adamw``: Adam with decoupled weight decay (Loshchilov & Hutter 2019):
         theta <- theta - lr * (m_hat / (sqrt(v_hat) + eps) + wd * theta).
 Weight decay applies to kernels only (leaves with ndim > 1), never to biases or BatchNorm
-parameters. Optional clipping by the global gradient norm comes first.
+parameters. Optional clipping by the global gradient norm (``grad_clip_norm``, None: off) comes first.
 
 Schedules (``lr(step)``): linear warm-up from 0 to the peak over ``warmup_steps``, then ``cosine``
 decay to 0 at ``total_steps``, ``step`` decay (multiply by ``step_decay`` at each boundary, given as
@@ -20,29 +20,9 @@ import jax
 import ml_collections
 import optax
 
-OPTIMIZER_NAMES = ("sgd", "adamw")
-SCHEDULE_NAMES = ("cosine", "step", "constant")
+from hrrl_jax.schema import OPTIMIZER_NAMES, SCHEDULE_NAMES, default_optimizer_config
 
-
-def default_optimizer_config() -> ml_collections.ConfigDict:
-    """All keys of ``config.optimizer`` with their defaults: SGD, Nesterov momentum 0.9, peak 0.1, cosine."""
-    return ml_collections.ConfigDict(
-        {
-            "name": "sgd",
-            "learning_rate": 0.1,  # Peak learning rate (reached at the end of the warm-up).
-            "momentum": 0.9,  # sgd only.
-            "nesterov": True,  # sgd only.
-            "weight_decay": 5e-4,  # Kernels only; coupled L2 for sgd, decoupled for adamw.
-            "b1": 0.9,  # adamw only.
-            "b2": 0.999,  # adamw only.
-            "eps": 1e-8,  # adamw only.
-            "schedule": "cosine",  # cosine | step | constant.
-            "warmup_steps": 0,  # Linear warm-up from 0 to learning_rate.
-            "step_boundaries": (0.5, 0.75),  # step schedule: fractions of total_steps.
-            "step_decay": 0.1,  # step schedule: factor applied at each boundary.
-            "grad_clip_norm": 0.0,  # Clip by global gradient norm; 0 turns clipping off.
-        }
-    )
+__all__ = ["OPTIMIZER_NAMES", "SCHEDULE_NAMES", "default_optimizer_config", "kernel_decay_mask", "make_optimizer"]
 
 
 def kernel_decay_mask(params: Any) -> Any:
@@ -56,7 +36,7 @@ def _check_keys(optimizer_config: ml_collections.ConfigDict) -> None:
     if given != expected:
         raise ValueError(
             f"config.optimizer has missing keys {sorted(expected - given)} and unknown keys "
-            f"{sorted(given - expected)}; build it from hrrl_jax.train.optimizers."
+            f"{sorted(given - expected)}; build it from hrrl_jax.schema."
             "default_optimizer_config() and change only the values."
         )
 
@@ -124,7 +104,7 @@ def make_optimizer(
     if "optimizer" not in config:
         raise ValueError(
             "The config has no 'optimizer' sub-config; set config.optimizer = "
-            "hrrl_jax.train.optimizers.default_optimizer_config()."
+            "hrrl_jax.schema.default_optimizer_config()."
         )
     if int(total_steps) < 1:
         raise ValueError(f"make_optimizer needs total_steps >= 1, got {total_steps!r}.")
@@ -133,10 +113,11 @@ def make_optimizer(
     schedule = make_schedule(optimizer_config, int(total_steps))
 
     weight_decay = float(optimizer_config.weight_decay)
-    clip_norm = float(optimizer_config.grad_clip_norm)
+    clip_norm = optimizer_config.grad_clip_norm
     _check_range("weight_decay", weight_decay, weight_decay >= 0, ">= 0")
-    _check_range("grad_clip_norm", clip_norm, clip_norm >= 0, ">= 0 (0 turns clipping off)")
-    clipping = [optax.clip_by_global_norm(clip_norm)] if clip_norm > 0 else []
+    if clip_norm is not None:
+        _check_range("grad_clip_norm", clip_norm, clip_norm > 0, "> 0 (None turns clipping off)")
+    clipping = [] if clip_norm is None else [optax.clip_by_global_norm(float(clip_norm))]
 
     name = optimizer_config.name
     if name == "sgd":

@@ -18,13 +18,14 @@ import optax
 
 from hrrl_jax.data import ConceptHierarchy, DatasetInfo, InputPipeline, SplitData, load_split
 from hrrl_jax.models import create_model
+from hrrl_jax.schema import PRECISION_NAMES
 from hrrl_jax.train.objective import Objective, build_objective
 from hrrl_jax.train.optimizers import make_optimizer
 from hrrl_jax.train.sharding import data_parallel_mesh
 from hrrl_jax.train.state import TrainState, init_train_state
 from hrrl_jax.train.steps import eval_step, train_step
 
-PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PRECISIONS = {name: jnp.dtype(name) for name in PRECISION_NAMES}  # config.precision -> compute dtype.
 
 
 @dataclasses.dataclass
@@ -55,8 +56,8 @@ class Run:
 
 
 def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-    """The run's length in steps: `num_epochs` (when > 0) converted with the epoch size, else `total_steps`."""
-    if config.num_epochs > 0:
+    """The run's length in steps: `num_epochs` (when set) converted with the epoch size, else `total_steps`."""
+    if config.num_epochs is not None:
         return int(math.ceil(config.num_epochs * steps_per_epoch))
     if config.total_steps <= 0:
         raise ValueError(f"config.total_steps={config.total_steps} must be positive (or set config.num_epochs).")
@@ -67,7 +68,7 @@ def load_data(config: ml_collections.ConfigDict) -> tuple[SplitData, SplitData]:
     """The train and test splits named by `config.dataset`."""
     dataset = config.dataset
     kwargs = dict(
-        data_dir=dataset.data_dir or None,
+        data_dir=dataset.data_dir,
         exclude_classes=tuple(dataset.exclude_classes),
         only_classes=tuple(dataset.only_classes),
     )
@@ -113,7 +114,7 @@ def build_trainer(
     _, data_sharding, replicated = data_parallel_mesh(devices)
     model = configured_model(config, info.num_classes)
     tx, objective, learning_rate_fn = make_optimizer_chain(config, info.hierarchy, concept_sizes, total_steps)
-    side = config.dataset.image_size or info.image_shape[0]
+    side = info.image_shape[0] if config.dataset.image_size is None else config.dataset.image_size
     state = init_train_state(
         model, tx, image_shape=(side, side, info.image_shape[2]), seed=config.seed, replicated=replicated
     )
@@ -158,7 +159,7 @@ def build_run(
     _, data_sharding, _ = data_parallel_mesh(devices)
     train_split, test_split = splits if splits is not None else load_data(config)
     info = train_split.info
-    image_size = config.dataset.image_size or None
+    image_size = config.dataset.image_size
     train_pipeline = InputPipeline(
         train_split,
         global_batch_size=config.batch_size,
@@ -170,7 +171,7 @@ def build_run(
     )
     eval_pipeline = InputPipeline(
         test_split,
-        global_batch_size=config.eval_batch_size or config.batch_size,
+        global_batch_size=config.batch_size if config.eval_batch_size is None else config.eval_batch_size,
         seed=config.seed,
         train=False,
         image_size=image_size,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from hrrl_jax.data import KNOWN_DATASETS, fashion_mnist, load_split
+from hrrl_jax.data import KNOWN_DATASETS, describe_dataset, fashion_mnist, load_split
 
 
 def test_digits_split_is_fixed_and_disjoint():
@@ -102,3 +102,21 @@ def test_missing_fashion_mnist_says_how_to_get_it(tmp_path, monkeypatch):
     empty_manual_dir.mkdir()
     with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
         fashion_mnist.prepared_builder(str(tmp_path / "tfds"), manual_dir=str(empty_manual_dir))
+
+
+@pytest.mark.parametrize(
+    "name, filters",
+    [("digits", {}), ("digits_shift/lowres2", {}), ("digits", {"exclude_classes": (3, 7)}),
+     ("digits", {"only_classes": (5, 1, 2), "exclude_classes": (1,)})],
+)  # fmt: skip
+def test_describe_dataset_is_the_loaded_description_without_reading_data(name, filters, monkeypatch):
+    expected = load_split(name, "train", **filters).info
+    import hrrl_jax.data.loaders as loaders
+
+    monkeypatch.setattr(loaders, "_digits_arrays", lambda: pytest.fail("describe_dataset read the data"))
+    described = describe_dataset(name, **filters)
+    assert (described.name, described.num_classes, described.image_shape, described.mean, described.std) == (
+        expected.name, expected.num_classes, expected.image_shape, expected.mean, expected.std
+    )  # fmt: skip
+    assert described.hierarchy.class_names == expected.hierarchy.class_names
+    np.testing.assert_array_equal(described.hierarchy.concept_of_class, expected.hierarchy.concept_of_class)

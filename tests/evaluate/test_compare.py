@@ -11,7 +11,7 @@ from tests.train.helpers import REPO_ROOT
 
 FASHION_MNIST_FILES = "/usr/share/datasets/fashion-mnist"
 TINY_COMPARISON = [
-    "--config.num_epochs=0",
+    "--config.num_epochs=None",
     "--config.total_steps=4",
     "--config.batch_size=32",
     "--config.model.width=4",

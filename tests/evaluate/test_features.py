@@ -34,7 +34,7 @@ def test_a_run_written_before_the_batch_norm_variance_key_loads_as_two_pass(trai
     old_run = tmp_path / "old_run"
     shutil.copytree(trained_workdir, old_run)
     config = json.loads((old_run / "config.json").read_text())
-    assert config["model"].pop("batch_norm_variance") == "one_pass"
+    assert config["model"].pop("batch_norm_variance") == "shifted_one_pass"
     (old_run / "config.json").write_text(json.dumps(config))
     trained = features_cli.load_trained_model(str(old_run))
     assert trained.model.batch_norm_variance == "two_pass"

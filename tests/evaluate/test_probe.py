@@ -3,11 +3,10 @@
 Every fit uses the same feature-matrix shape, so the L-BFGS program compiles once for the whole file.
 """
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
-
-import jax.numpy as jnp
 
 from hrrl_jax.evaluate import probe
 

@@ -5,12 +5,14 @@ from a host-side numpy generator (`_host_variables`); the initialisers themselve
 on single blocks.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hrrl_jax.models import MODEL_NAMES, count_flops, create_model
+from hrrl_jax.models import BATCH_NORM_VARIANCES, MODEL_NAMES, count_flops, create_model
+from hrrl_jax.models.batch_norm import BatchNorm, batch_moments
 from hrrl_jax.models.resnet import BasicBlock, BottleneckBlock
 
 NUM_CLASSES = 5
@@ -160,9 +162,13 @@ def test_batch_stats_update_only_in_train_mode():
     np.testing.assert_allclose(logits_eval[:2], logits_eval_other[:2], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("batch_norm_variance, max_relative_error", [("two_pass", 1e-5), ("one_pass", 1e-1)])
+# Relative error of the batch variance under a mean 10-100 x the spread: the exact forms keep float32 rounding
+# (a few u, u = 6e-8; bound 1e-5 leaves a margin), E[x²] - E[x]² loses it to cancellation (measured 6e-3).
+@pytest.mark.parametrize(
+    "batch_norm_variance, max_relative_error", [("shifted_one_pass", 1e-5), ("two_pass", 1e-5), ("one_pass", 1e-1)]
+)
 def test_batch_norm_variance_modes_under_a_large_mean(batch_norm_variance, max_relative_error):
-    """Both modes give the batch variance; only two passes stay exact when the mean dwarfs the spread."""
+    """Every mode gives the batch variance; only one_pass loses digits when the mean dwarfs the spread."""
     images = jax.random.normal(jax.random.key(0), (8, 8, 8, 16)) + 100.0
     block = BottleneckBlock(4, batch_norm_variance=batch_norm_variance)
     variables = block.init(jax.random.key(1), images, train=False)
@@ -176,8 +182,42 @@ def test_batch_norm_variance_modes_under_a_large_mean(batch_norm_variance, max_r
     got = (np.asarray(updated["batch_stats"]["unit1"]["bn"]["var"], np.float64) - 0.9) / 0.1
     relative_error = np.max(np.abs(got - expected) / expected)
     assert relative_error < max_relative_error
-    if batch_norm_variance == "one_pass":  # E[x²] - E[x]² loses digits to cancellation (measured 6e-3).
+    if batch_norm_variance == "one_pass":
         assert relative_error > 1e-4
+
+
+@pytest.mark.parametrize("variance", BATCH_NORM_VARIANCES)
+@pytest.mark.parametrize("mean", [0.0, 1e3])
+def test_batch_moments_match_float64_and_carry_the_exact_gradient(variance, mean):
+    x = np.random.default_rng(0).normal(mean, 2.0, (16, 5, 7, 3)).astype(np.float32)
+    got_mean, got_var = batch_moments(jnp.asarray(x), variance)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(got_mean, x64.mean(axis=(0, 1, 2)), rtol=1e-6, atol=1e-6 * 2.0)  # 2.0: the spread.
+    if not (variance == "one_pass" and mean):  # A mean 500 x the spread: one_pass keeps no digit to compare.
+        np.testing.assert_allclose(got_var, x64.var(axis=(0, 1, 2)), rtol=1e-5)
+    # The shift carries no gradient, so d var / d x is that of the variance itself: 2 (x - E[x]) / n.
+    if mean == 0.0:
+        grad = jax.grad(lambda v: batch_moments(v, variance)[1].sum())(jnp.asarray(x))
+        expected = 2 * (x64 - x64.mean(axis=(0, 1, 2))) / (x.size / x.shape[-1])
+        np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("variance, use_fast_variance", [("one_pass", True), ("two_pass", False)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_earlier_modes_compute_what_flax_batch_norm_computes(variance, use_fast_variance, dtype):
+    """Checkpoints trained with Flax's BatchNorm in either mode load and continue bit for bit."""
+    x = (jax.random.normal(jax.random.key(0), (8, 6, 6, 16)) * 3.0 + 5.0).astype(dtype)
+    ours = BatchNorm(use_running_average=False, variance=variance, dtype=dtype)
+    flax_batch_norm = nn.BatchNorm(momentum=0.9, epsilon=1e-5, use_fast_variance=use_fast_variance, dtype=dtype)
+    variables = flax_batch_norm.init(jax.random.key(1), x, use_running_average=False)
+    assert jax.tree.structure(ours.init(jax.random.key(1), x)) == jax.tree.structure(variables)
+    variables = {"params": {"scale": jnp.linspace(0.5, 2.0, 16), "bias": jnp.linspace(-1.0, 1.0, 16)},
+                 "batch_stats": variables["batch_stats"]}  # fmt: skip
+    for train in (True, False):
+        expected = flax_batch_norm.apply(variables, x, use_running_average=not train, mutable=["batch_stats"])
+        got = ours.clone(use_running_average=not train).apply(variables, x, mutable=["batch_stats"])
+        assert got[0].dtype == expected[0].dtype
+        jax.tree.map(np.testing.assert_array_equal, got, expected)
 
 
 @pytest.mark.parametrize("name, expected, feature_dim", [("resnet18", 11_689_512, 512), ("resnet50", 25_557_032, 2048)])
@@ -211,7 +251,7 @@ def test_unknown_names_and_bad_arguments_are_rejected():
         create_model("resnet18", num_classes=10, stem="large")
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         create_model("resnet18", num_classes=10, dtype=jnp.float16)
-    with pytest.raises(ValueError, match="one_pass, two_pass"):
+    with pytest.raises(ValueError, match="shifted_one_pass, one_pass, two_pass"):
         create_model("resnet18", num_classes=10, batch_norm_variance="welford")
     model = create_model("resnet18", num_classes=10, width=4)
     with pytest.raises(ValueError, match="NHWC"):

@@ -1,13 +1,18 @@
-"""One process of the two-process training test (test_multihost.py): join the cluster, train, resume, restore.
+"""One process of the two-process training tests (test_multihost.py): join the cluster, then train.
 
     python -m tests.train.multihost_worker --coordinator_address 127.0.0.1:PORT --num_processes 2 \
-        --process_id I --workdir SHARED_DIR --output_dir OUT
+        --process_id I --workdir SHARED_DIR --output_dir OUT [--mode resume|train]
 
-Every process runs the same commands on its own fake CPU devices (XLA_FLAGS set by the caller): the real
-`train_and_evaluate` stops at step 2 with an Orbax checkpoint, a second call restores it and trains to the
-end, then the final checkpoint is restored once more into this process's sharded state. The process writes
-`OUT/process_I.npz` (every leaf of that restored state, keyed by its path) and `OUT/process_I.json` (what it
-saw of the cluster) for the test to compare with a single process.
+Every process runs the same commands on its own fake CPU devices (XLA_FLAGS set by the caller).
+
+`--mode resume` (the default): the real `train_and_evaluate` stops at step 2 with an Orbax checkpoint, a
+second call restores it and trains to the end, then the final checkpoint is restored once more into this
+process's sharded state. The process writes `OUT/process_I.npz` (every leaf of that restored state, keyed by
+its path) and `OUT/process_I.json` (what it saw of the cluster) for the test to compare with a single process.
+
+`--mode train`: one call of `train_and_evaluate` on the longer `preemption_config()` run (resuming from the
+workdir's latest checkpoint if there is one), for the test to stop with a signal; `OUT/process_I.json` holds
+what the call returned.
 """
 
 from __future__ import annotations
@@ -21,14 +26,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from hrrl_jax.train.checkpoints import Checkpointer
 from hrrl_jax.train.loop import train_and_evaluate
 from hrrl_jax.train.run import build_run
 from hrrl_jax.train.state import TrainState, abstract_train_state
+from hrrl_jax.workdir.checkpoints import Checkpointer
 from tests.train.helpers import tiny_config
 
 TOTAL_STEPS = 4
 INTERRUPT_AT_STEP = 2
+# Long enough that a signal sent after the first few logged steps is acted on (at the next agreed step, a
+# multiple of AGREEMENT_INTERVAL_STEPS) well before the end, short enough to resume and finish in seconds.
+PREEMPTION_TOTAL_STEPS = 60
 
 
 def multihost_config() -> ml_collections.ConfigDict:
@@ -42,6 +50,18 @@ def multihost_config() -> ml_collections.ConfigDict:
         total_steps=TOTAL_STEPS,
         log_every_steps=2,
     )
+
+
+def preemption_config() -> ml_collections.ConfigDict:
+    """The run that `--mode train` trains: the multi-host run made longer, with a metrics line every step.
+
+    The test stops it with SIGTERM, resumes it and compares it with an uninterrupted run, so interrupted,
+    resumed and reference runs all use this one config (the same total_steps, hence the same LR schedule).
+    """
+    config = multihost_config()
+    config.total_steps = PREEMPTION_TOTAL_STEPS
+    config.log_every_steps = 1  # The test waits for a few lines of metrics.jsonl before it sends the signal.
+    return config
 
 
 def restore_final_state(workdir: str, template: TrainState) -> TrainState:
@@ -66,6 +86,12 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--process_id", type=int, required=True)
     parser.add_argument("--workdir", required=True, help="Work directory shared by all processes.")
     parser.add_argument("--output_dir", required=True, help="Where process_I.npz and process_I.json go.")
+    parser.add_argument(
+        "--mode",
+        choices=("resume", "train"),
+        default="resume",
+        help="resume: interrupt at step 2, resume, restore; train: one train_and_evaluate of preemption_config().",
+    )
     return parser.parse_args()
 
 
@@ -78,11 +104,27 @@ def main() -> None:
         process_id=arguments.process_id,
         initialization_timeout=120,
     )
+    if arguments.mode == "train":
+        train_once(arguments.workdir, arguments.output_dir)
+    else:
+        interrupt_resume_restore(arguments.workdir, arguments.output_dir)
+    jax.distributed.shutdown()
+
+
+def train_once(workdir: str, output_dir: str) -> None:
+    """One `train_and_evaluate` of `preemption_config()`; writes what it returned to OUT/process_I.json."""
+    results = train_and_evaluate(preemption_config(), workdir)
+    with open(os.path.join(output_dir, f"process_{jax.process_index()}.json"), "w") as file:
+        json.dump(results, file)
+
+
+def interrupt_resume_restore(workdir: str, output_dir: str) -> None:
+    """Stops at INTERRUPT_AT_STEP, resumes to TOTAL_STEPS, restores the final checkpoint; writes what it saw."""
     config = multihost_config()
-    interrupted = train_and_evaluate(config, arguments.workdir, stop_at_step=INTERRUPT_AT_STEP)
-    results = train_and_evaluate(config, arguments.workdir)
+    interrupted = train_and_evaluate(config, workdir, stop_at_step=INTERRUPT_AT_STEP)
+    results = train_and_evaluate(config, workdir)
     run = build_run(config)  # A fresh run on all devices of all processes, as a resumed job builds it.
-    state = restore_final_state(arguments.workdir, abstract_train_state(run.trainer.state))
+    state = restore_final_state(workdir, abstract_train_state(run.trainer.state))
     cluster_view = {
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
@@ -94,11 +136,10 @@ def main() -> None:
         "final_step": results["step"],
         "test_accuracy": results["test_accuracy"],
     }
-    prefix = os.path.join(arguments.output_dir, f"process_{jax.process_index()}")
+    prefix = os.path.join(output_dir, f"process_{jax.process_index()}")
     np.savez(prefix + ".npz", **flatten_by_path(state))
     with open(prefix + ".json", "w") as file:
         json.dump(cluster_view, file)
-    jax.distributed.shutdown()
 
 
 if __name__ == "__main__":

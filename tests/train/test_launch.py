@@ -89,3 +89,26 @@ def test_missing_data_set_says_how_to_get_it(tmp_path):
     assert result.returncode == 1
     assert "error:" in result.stderr and "cifar10" in result.stderr
     assert "tfds" in result.stderr or "download" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, key",
+    [
+        (["--config.log_every_steps=0"], "config.log_every_steps"),
+        (["--config.robust.method=nope"], "config.robust.method"),
+        (["--config.num_epochs=None", "--config.checkpoint_every_steps=0"], "config.checkpoint_every_steps"),
+    ],
+)
+def test_bad_value_fails_in_one_line_before_any_data_is_read(tmp_path, flags, key):
+    data_dir, workdir = tmp_path / "data", tmp_path / "work"
+    data_dir.mkdir()
+    overrides = {"dataset.name": "fashion_mnist", "dataset.data_dir": data_dir}  # Reading would prepare it here.
+    start = time.perf_counter()
+    result = launch(workdir, *tiny_flags(**overrides), *flags, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(f"error: {key}=") and "Traceback" not in result.stderr
+    assert os.listdir(data_dir) == [] and not (workdir / "config.json").exists()
+    assert not (workdir / "checkpoints").exists()
+    assert elapsed < 20, f"{elapsed:.1f} s: validation should come before jax and the data"

@@ -1,5 +1,6 @@
 """The training loop in-process: bit-exact resume, 8 devices = 1 device, corrupt checkpoints, NaN losses."""
 
+import json
 import os
 import re
 
@@ -7,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from hrrl_jax.train.checkpoints import CheckpointError
+from hrrl_jax import robust
 from hrrl_jax.train.loop import NonFiniteLossError, train_and_evaluate
 from hrrl_jax.train.run import build_run, load_data
+from hrrl_jax.workdir import CheckpointError, WorkDir
 from tests.train.helpers import assert_trees_equal, read_checkpoint_state, tiny_config
 
 
@@ -30,15 +32,36 @@ def test_resume_is_bit_identical(tmp_path, method):
         assert any(np.asarray(leaf).dtype == np.float32 and np.asarray(leaf).ndim == 1 for leaf in flat)
 
 
-# Reductions run in another order on 8 devices (and CPU threads do not fix it), so the states differ by
-# rounding, amplified by the tiny BatchNorm nets: after 3 steps, measured at most 2e-6 and 9e-5 relative on
-# the loss (two-pass, one-pass variance: E[x²] - E[x]² cancels), 3e-5 and 3e-4 on the concept distribution,
-# and 3e-4 and 3e-2 of a state leaf's largest entry. A per-device statistic or gradient instead of the global one would be O(1).
-# (loss rtol, concept distribution atol, leaf atol relative to the leaf's largest entry) per variance.
-SHARDING_TOLERANCES = {"two_pass": (1e-4, 1e-4, 5e-4), "one_pass": (1e-3, 1e-3, 1e-1)}
+# 8 devices sum the batch in another order than 1 (and the order also depends on the CPU's instruction set and
+# thread count), so the two runs differ by float32 rounding. The bounds come from the rounding of the step's
+# reductions, not from a measurement: a sum of n float32 terms in any order lies within γ = n·u of the exact
+# (u = 2^-24, Higham's order-independent bound for terms of one sign), with n the longest reduction of the step:
+# the BatchNorm statistics of the stem over batch x height x width values. Relative to a state leaf, gradient sums
+# whose terms cancel multiply that by their condition number Σ|g|/|Σg|, allowed up to CANCELLATION_ALLOWANCE.
+# BENCHMARKS.md has the measured deviations, 10-250x below these; a per-device statistic or gradient instead of
+# the global one, or the one-pass variance's cancellation, is 1e-3 to 1.
+UNIT_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
+CANCELLATION_ALLOWANCE = 100
 
 
-@pytest.mark.parametrize("batch_norm_variance", sorted(SHARDING_TOLERANCES))
+def rounding_bound(config) -> float:
+    """γ = n·u for the longest reduction of a step of `config` (the stem's BatchNorm statistics)."""
+    side = config.dataset.image_size or {"digits": 8}[config.dataset.name]
+    return config.batch_size * side * side * UNIT_ROUNDOFF
+
+
+def relative_deviation(reference, other) -> float:
+    """||other - reference|| / ||reference|| over the floating-point leaves of a subtree."""
+    pairs = [
+        (np.asarray(a, np.float64), np.asarray(b, np.float64))
+        for a, b in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(other), strict=True)
+        if np.asarray(a).dtype.kind == "f"
+    ]
+    difference = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in pairs))
+    return float(difference / max(np.sqrt(sum(np.sum(a**2) for a, _ in pairs)), 1e-30))
+
+
+@pytest.mark.parametrize("batch_norm_variance", ["shifted_one_pass", "two_pass"])
 def test_eight_devices_match_one_device(batch_norm_variance):
     assert jax.device_count() == 8
     config = tiny_config(
@@ -55,17 +78,27 @@ def test_eight_devices_match_one_device(batch_norm_variance):
         )
     assert eight.trainer.jitted_train_step._cache_size() == 1  # Compiled once, never retraced.
     assert len(jax.tree_util.tree_leaves(state_eight.params)[0].sharding.device_set) == 8
-    loss_rtol, distribution_atol, leaf_atol = SHARDING_TOLERANCES[batch_norm_variance]
-    np.testing.assert_allclose(metrics_one["loss"], metrics_eight["loss"], rtol=loss_rtol)
+    gamma = rounding_bound(config)
+    assert 1e-5 < gamma < 1e-3
+    metrics_one, metrics_eight = jax.device_get((metrics_one, metrics_eight))
+    np.testing.assert_allclose(metrics_one["loss"], metrics_eight["loss"], rtol=gamma)
+    # p is a projection of the running concept losses f scaled by 1/λ (1-Lipschitz): it moves by |Δf|/λ.
+    concept_losses = jax.device_get(robust.find_reweighting_state(state_one.opt_state).concept_losses)
+    distribution_atol = 2 * gamma * float(np.max(concept_losses)) / config.robust.lam
     np.testing.assert_allclose(
         metrics_one["concept_distribution"], metrics_eight["concept_distribution"], atol=distribution_atol
     )
-    leaves_eight = jax.tree_util.tree_leaves(state_eight)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state_one), leaves_eight, strict=True):
-        scale = max(float(np.max(np.abs(np.asarray(a)))), 1e-3)
-        np.testing.assert_allclose(
-            np.asarray(a), np.asarray(b), rtol=0, atol=leaf_atol * scale, err_msg=jax.tree_util.keystr(path)
-        )
+    host_one, host_eight = jax.device_get((state_one, state_eight))
+    for part in ("params", "batch_stats", "opt_state"):
+        deviation = relative_deviation(getattr(host_one, part), getattr(host_eight, part))
+        assert deviation < 2 * gamma * CANCELLATION_ALLOWANCE, (part, deviation)
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(host_one), jax.tree_util.tree_leaves(host_eight), strict=True
+    ):
+        if np.asarray(a).dtype.kind == "f":
+            assert relative_deviation(a, b) < 2 * gamma * CANCELLATION_ALLOWANCE, jax.tree_util.keystr(path)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(tmp_path):
@@ -87,11 +120,35 @@ def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(tmp_path):
     assert sorted(os.listdir(step_dir / "state")) == before
 
 
-def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
+def _every_file(directory) -> dict[str, bytes]:
+    return {
+        os.path.relpath(os.path.join(root, name), directory): open(os.path.join(root, name), "rb").read()
+        for root, _, names in os.walk(directory)
+        for name in names
+    }
+
+
+def test_incompatible_checkpoint_is_a_clear_error_and_leaves_every_file_as_it_was(tmp_path):
     train_and_evaluate(tiny_config(total_steps=4), str(tmp_path), stop_at_step=2)
+    before = _every_file(tmp_path)
+    assert "config.json" in before and "config_history.jsonl" in before
     with pytest.raises(CheckpointError, match="step 2"):
         train_and_evaluate(tiny_config(total_steps=4, model__width=8), str(tmp_path))
-    assert (tmp_path / "checkpoints" / "2").exists()
+    assert _every_file(tmp_path) == before
+
+
+def test_a_resume_with_a_changed_config_keeps_the_old_record_and_reports_the_change(tmp_path, capsys):
+    train_and_evaluate(tiny_config(total_steps=6), str(tmp_path), stop_at_step=3)
+    first_config = (tmp_path / "config.json").read_text()
+    capsys.readouterr()
+    train_and_evaluate(tiny_config(total_steps=6, log_every_steps=2), str(tmp_path))
+    output = capsys.readouterr().out
+    assert "The configuration changed at step 3" in output and "log_every_steps: 3 -> 2" in output
+    history = WorkDir(tmp_path).config_history()
+    assert [entry["step"] for entry in history] == [0, 3]
+    assert history[0]["config"] == json.loads(first_config)
+    assert history[1]["changed"] == {"log_every_steps": [3, 2]}
+    assert json.loads((tmp_path / "config.json").read_text())["log_every_steps"] == 2
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(tmp_path):

@@ -4,27 +4,37 @@ The two processes (tests/train/multihost_worker.py) join through `jax.distribute
 exchange data with gloo CPU collectives, load only their own rows of each batch and write one Orbax
 checkpoint collectively into a shared work directory. Their parameters, adversary state (the concept losses
 of the reweighting state inside opt_state) and checkpoint must match a single process with 8 devices.
+
+A preemption signal reaches one host of a real cluster first: SIGTERM to process 1 alone must stop both
+processes after the same agreed step with one checkpoint, and resuming from it must end bit-identical to an
+uninterrupted two-process run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import jax
 import numpy as np
 import pytest
 
 from hrrl_jax.train.loop import train_and_evaluate
+from hrrl_jax.train.preemption import AGREEMENT_INTERVAL_STEPS
 from hrrl_jax.train.run import build_run
 from hrrl_jax.train.state import abstract_train_state
-from tests.train.helpers import REPO_ROOT, read_checkpoint_state
+from tests.train.helpers import REPO_ROOT, assert_trees_equal, read_checkpoint_state
 from tests.train.multihost_worker import (
     INTERRUPT_AT_STEP,
+    PREEMPTION_TOTAL_STEPS,
     TOTAL_STEPS,
     flatten_by_path,
     multihost_config,
@@ -34,6 +44,11 @@ from tests.train.multihost_worker import (
 NUM_PROCESSES = 2
 DEVICES_PER_PROCESS = 4
 CLUSTER_TIMEOUT_SECONDS = 300
+# The preemption test signals once process 0 has logged this many steps (both processes are then inside the
+# training loop, with the signal handlers installed), and allows the cluster these bounds.
+STEPS_LOGGED_BEFORE_SIGNAL = 3
+FIRST_STEPS_TIMEOUT_SECONDS = 240
+STOP_TIMEOUT_SECONDS = 120
 # The 8-way gradient sums run in another order (gloo across processes), so they round differently. That
 # rounding scales with the summands, not with each entry: small entries of a leaf (momentum traces above all)
 # get an absolute tolerance relative to the leaf's largest entry. Measured: at most 9e-5 of it.
@@ -49,6 +64,9 @@ def gloo_collectives_available() -> bool:
     return hasattr(_jax, "make_gloo_tcp_collectives")
 
 
+requires_gloo = pytest.mark.skipif(not gloo_collectives_available(), reason="this jaxlib has no gloo CPU collectives")
+
+
 def free_local_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (the coordinator binds it a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -56,10 +74,39 @@ def free_local_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_cluster(workdir: str, output_dir: str, log_dir: str) -> None:
-    """Runs the worker in NUM_PROCESSES processes; fails with their logs on an error or after the timeout.
+@dataclasses.dataclass
+class Cluster:
+    """The worker processes of one cluster launch and the logs they write (stdout and stderr together)."""
 
-    Every process is killed and reaped before this returns, whatever happens.
+    processes: list[subprocess.Popen]
+    log_paths: list[str]
+
+    def fail_if_any_failed(self) -> None:
+        """Fails with the logs as soon as one process exits non-zero (the others would wait for it for ever)."""
+        codes = [process.poll() for process in self.processes]
+        if any(code not in (None, 0) for code in codes):
+            pytest.fail(f"A process failed (exit codes {codes}).\n{_tails(self.log_paths)}")
+
+    def wait(self, timeout_seconds: float) -> None:
+        """Waits until every process exits 0; fails with their logs on an error or after `timeout_seconds`."""
+        deadline = time.monotonic() + timeout_seconds
+        while any(process.poll() is None for process in self.processes):
+            self.fail_if_any_failed()
+            if time.monotonic() > deadline:
+                pytest.fail(f"The processes did not finish within {timeout_seconds} s.\n{_tails(self.log_paths)}")
+            time.sleep(0.5)
+        codes = [process.returncode for process in self.processes]
+        if any(codes):
+            pytest.fail(f"The processes exited with codes {codes}.\n{_tails(self.log_paths)}")
+
+
+@contextlib.contextmanager
+def started_cluster(
+    workdir: str | os.PathLike, output_dir: str | os.PathLike, log_dir: str | os.PathLike, *worker_arguments: str
+) -> Iterator[Cluster]:
+    """Starts the worker (with `worker_arguments`) in NUM_PROCESSES processes, logging to log_dir/process_I.log.
+
+    Every process is killed and reaped when the block exits, whatever happens inside it.
     """
     coordinator_address = f"127.0.0.1:{free_local_port()}"
     environment = {
@@ -71,38 +118,38 @@ def run_cluster(workdir: str, output_dir: str, log_dir: str) -> None:
         "JAX_ENABLE_COMPILATION_CACHE": "false",
         "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")])),
     }
-    processes: list[subprocess.Popen] = []
-    log_paths = [os.path.join(log_dir, f"process_{index}.log") for index in range(NUM_PROCESSES)]
+    cluster = Cluster(
+        processes=[], log_paths=[os.path.join(log_dir, f"process_{index}.log") for index in range(NUM_PROCESSES)]
+    )
     try:
-        for process_id, log_path in enumerate(log_paths):
+        for process_id, log_path in enumerate(cluster.log_paths):
             command = [
                 sys.executable, "-m", "tests.train.multihost_worker",
                 "--coordinator_address", coordinator_address,
                 "--num_processes", str(NUM_PROCESSES),
                 "--process_id", str(process_id),
-                "--workdir", workdir,
-                "--output_dir", output_dir,
+                "--workdir", os.fspath(workdir),
+                "--output_dir", os.fspath(output_dir),
+                *worker_arguments,
             ]  # fmt: skip
             with open(log_path, "w") as log:
-                processes.append(
+                cluster.processes.append(
                     subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT)
                 )
-        deadline = time.monotonic() + CLUSTER_TIMEOUT_SECONDS
-        while any(process.poll() is None for process in processes):
-            codes = [process.poll() for process in processes]
-            if any(code not in (None, 0) for code in codes):  # The others would wait for it until timing out.
-                pytest.fail(f"A process failed (exit codes {codes}).\n{_tails(log_paths)}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"The processes did not finish within {CLUSTER_TIMEOUT_SECONDS} s.\n{_tails(log_paths)}")
-            time.sleep(0.5)
-        codes = [process.returncode for process in processes]
-        if any(codes):
-            pytest.fail(f"The processes exited with codes {codes}.\n{_tails(log_paths)}")
+        yield cluster
     finally:
-        for process in processes:
+        for process in cluster.processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def run_cluster(
+    workdir: str | os.PathLike, output_dir: str | os.PathLike, log_dir: str | os.PathLike, *worker_arguments: str
+) -> None:
+    """Runs the worker in NUM_PROCESSES processes to the end; fails with their logs on an error or a timeout."""
+    with started_cluster(workdir, output_dir, log_dir, *worker_arguments) as cluster:
+        cluster.wait(CLUSTER_TIMEOUT_SECONDS)
 
 
 def _tails(log_paths: list[str], lines: int = 30) -> str:
@@ -120,6 +167,53 @@ def _logged_steps(workdir: str | os.PathLike) -> list[int]:
         return [json.loads(line)["step"] for line in file]
 
 
+def wait_for_logged_steps(cluster: Cluster, workdir: str | os.PathLike, count: int, timeout_seconds: float) -> None:
+    """Waits until workdir/metrics.jsonl holds `count` complete lines; fails if a process exits or on timeout."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        if os.path.exists(path):
+            with open(path) as file:
+                if file.read().count("\n") >= count:
+                    return
+        if any(process.poll() is not None for process in cluster.processes):
+            codes = [process.poll() for process in cluster.processes]
+            pytest.fail(
+                f"A process exited (codes {codes}) before {count} steps were logged.\n{_tails(cluster.log_paths)}"
+            )
+        if time.monotonic() > deadline:
+            pytest.fail(f"{count} steps were not logged within {timeout_seconds} s.\n{_tails(cluster.log_paths)}")
+        time.sleep(0.05)
+
+
+def _read_process_outputs(output_dir: str | os.PathLike) -> list[dict]:
+    """What `train_and_evaluate` returned in each process (OUT/process_I.json), by process index."""
+    outputs = []
+    for process_index in range(NUM_PROCESSES):
+        with open(os.path.join(output_dir, f"process_{process_index}.json")) as file:
+            outputs.append(json.load(file))
+    return outputs
+
+
+def _read_log(log_dir: str | os.PathLike, process_index: int) -> str:
+    with open(os.path.join(log_dir, f"process_{process_index}.log"), errors="replace") as file:
+        return file.read()
+
+
+def _logged_losses(workdir: str | os.PathLike) -> list[float]:
+    """The training loss of every line of workdir/metrics.jsonl, in order."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as file:
+        return [json.loads(line)["loss"] for line in file]
+
+
+def _launch_directories(tmp_path, name: str) -> tuple[str, str]:
+    """A fresh output directory and log directory for one cluster launch."""
+    output_dir, log_dir = tmp_path / name / "outputs", tmp_path / name / "logs"
+    output_dir.mkdir(parents=True)
+    log_dir.mkdir()
+    return str(output_dir), str(log_dir)
+
+
 def assert_trees_close(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], what: str) -> None:
     """Same paths and leaves equal up to reduction-order rounding (see RTOL); the failing path in the message."""
     assert sorted(candidate) == sorted(reference), what
@@ -130,7 +224,8 @@ def assert_trees_close(reference: dict[str, np.ndarray], candidate: dict[str, np
         )
 
 
-@pytest.mark.skipif(not gloo_collectives_available(), reason="this jaxlib has no gloo CPU collectives")
+@pytest.mark.slow
+@requires_gloo
 def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     assert jax.device_count() == NUM_PROCESSES * DEVICES_PER_PROCESS
     config = multihost_config()
@@ -171,3 +266,50 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     assert _logged_steps(cluster_workdir) == _logged_steps(reference_workdir) == [INTERRUPT_AT_STEP, TOTAL_STEPS]
     with open(cluster_workdir / "results.json") as file:
         assert json.load(file)["test_accuracy"] == pytest.approx(reference_results["test_accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+@requires_gloo
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+    workdir, reference_workdir = tmp_path / "preempted", tmp_path / "uninterrupted"
+    interrupted_outputs, interrupted_logs = _launch_directories(tmp_path, "interrupted")
+    with started_cluster(workdir, interrupted_outputs, interrupted_logs, "--mode", "train") as cluster:
+        wait_for_logged_steps(cluster, workdir, STEPS_LOGGED_BEFORE_SIGNAL, FIRST_STEPS_TIMEOUT_SECONDS)
+        cluster.processes[1].send_signal(signal.SIGTERM)  # Process 0 gets no signal: it must learn of it.
+        cluster.wait(STOP_TIMEOUT_SECONDS)
+
+    interrupted = _read_process_outputs(interrupted_outputs)
+    if not all(output.get("interrupted") for output in interrupted):
+        pytest.fail(
+            f"The run was not interrupted (the processes returned {interrupted}): it reached total_steps="
+            f"{PREEMPTION_TOTAL_STEPS} before the stop was agreed; raise PREEMPTION_TOTAL_STEPS in the worker."
+        )
+    stop_step = interrupted[0]["step"]
+    assert interrupted == [{"step": stop_step, "interrupted": True}] * NUM_PROCESSES
+    assert stop_step % AGREEMENT_INTERVAL_STEPS == 0
+    assert STEPS_LOGGED_BEFORE_SIGNAL < stop_step < PREEMPTION_TOTAL_STEPS
+    assert sorted(os.listdir(workdir / "checkpoints")) == [str(stop_step)]
+    assert _logged_steps(workdir) == list(range(1, stop_step + 1))
+    signalled_log, other_log = _read_log(interrupted_logs, 1), _read_log(interrupted_logs, 0)
+    assert f"SIGTERM received: saved a checkpoint at step {stop_step}; exiting." in signalled_log
+    assert f"another process received a stop signal: saved a checkpoint at step {stop_step}; exiting." in other_log
+    assert "SIGTERM received" not in other_log
+
+    # The same command again resumes from the checkpoint and finishes the run.
+    resumed_outputs, resumed_logs = _launch_directories(tmp_path, "resumed")
+    run_cluster(workdir, resumed_outputs, resumed_logs, "--mode", "train")
+    for process_index in range(NUM_PROCESSES):
+        assert f"Resuming from the checkpoint at step {stop_step}" in _read_log(resumed_logs, process_index)
+    resumed = _read_process_outputs(resumed_outputs)
+    assert [output["step"] for output in resumed] == [PREEMPTION_TOTAL_STEPS] * NUM_PROCESSES
+    assert sorted(os.listdir(workdir / "checkpoints"), key=int) == [str(stop_step), str(PREEMPTION_TOTAL_STEPS)]
+
+    reference_outputs, reference_logs = _launch_directories(tmp_path, "reference")
+    run_cluster(reference_workdir, reference_outputs, reference_logs, "--mode", "train")
+    assert_trees_equal(
+        read_checkpoint_state(str(reference_workdir), PREEMPTION_TOTAL_STEPS),
+        read_checkpoint_state(str(workdir), PREEMPTION_TOTAL_STEPS),
+    )
+    assert resumed == _read_process_outputs(reference_outputs)  # The final evaluation, to the last bit.
+    assert _logged_steps(workdir) == _logged_steps(reference_workdir) == list(range(1, PREEMPTION_TOTAL_STEPS + 1))
+    assert _logged_losses(workdir) == _logged_losses(reference_workdir)

@@ -8,8 +8,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from hrrl_jax.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint in the work directory cannot be restored into the current run."""
 
 
@@ -28,7 +30,11 @@ class Checkpointer:
             enable_async_checkpointing=asynchronous,
             create=True,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+        )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -53,14 +59,38 @@ class Checkpointer:
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
             )
         except Exception as error:  # Orbax raises many types (ValueError, KeyError, OSError, tensorstore).
-            raise CheckpointError(
-                f"Cannot restore the checkpoint at step {step} in {self.directory}: "
-                f"{type(error).__name__}: {error}. It is corrupt or was written with another configuration "
-                "(model, optimizer, robust method, data set). Nothing was deleted: move that directory aside "
-                "to start afresh, or run with the configuration that wrote it (see config.json)."
-            ) from error
+            raise self._unreadable(step, error) from error
         _check_tree_matches(restored["state"], abstract_state, step, self.directory)
         return restored["state"], dict(restored["meta"])
+
+    def restore_model_variables(self, step: int, abstract_variables: dict[str, Any], sharding: Any) -> dict[str, Any]:
+        """The `params` and `batch_stats` of the train state saved at `step`, placed with `sharding`.
+
+        The abstract target is the saved tree's own metadata (so the optimizer state need not be rebuilt),
+        and what is restored is checked against `abstract_variables` (the model's `eval_shape`), so another
+        model is a CheckpointError, not a silent mismatch.
+        """
+        try:
+            saved_tree = self._manager.item_metadata(step)["state"].tree
+            target = jax.tree_util.tree_map(
+                lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), saved_tree
+            )
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+            )["state"]
+            variables = {name: restored[name] for name in abstract_variables}
+        except Exception as error:
+            raise self._unreadable(step, error) from error
+        _check_tree_matches(variables, abstract_variables, step, self.directory)
+        return variables
+
+    def _unreadable(self, step: int, error: Exception) -> CheckpointError:
+        return CheckpointError(
+            f"Cannot restore the checkpoint at step {step} in {self.directory}: "
+            f"{type(error).__name__}: {error}. It is corrupt or was written with another configuration "
+            "(model, optimizer, robust method, data set). Nothing was deleted: move that directory aside "
+            "to start afresh, or run with the configuration that wrote it (see config.json)."
+        )
 
     def wait(self) -> None:
         """Blocks until every pending asynchronous save has been committed to disk."""

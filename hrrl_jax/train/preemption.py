@@ -1,0 +1,60 @@
+"""A stop request (SIGTERM/SIGINT) that every process of a run acts on at the same step.
+
+A preemption signal reaches the hosts of a multi-host run at different moments. If each host stopped on its
+own flag, one could enter the checkpoint save while another entered the next step's all-reduce, and both
+would wait for ever. So the flag is only read at agreed steps, where the processes all-gather it: every
+process then sees the same answer and stops after the same step. A single process needs no agreement and
+checks after every step.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+# Multi-process runs agree on the flag every this many steps: the all-gather blocks the host until the step
+# in flight ends, so agreeing after every step would cost a host round trip per step. A host stops at most
+# this many steps after its signal, well inside a preemption's grace period.
+AGREEMENT_INTERVAL_STEPS = 10
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a request that `should_stop(step)` reports on every process alike."""
+
+    def __init__(self, agreement_interval: int = AGREEMENT_INTERVAL_STEPS) -> None:
+        self.signal_name: str | None = None
+        self._agreement_interval = agreement_interval
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def should_stop(self, step: int) -> bool:
+        """Whether any process has been asked to stop, decided identically on all of them after `step`.
+
+        Every process must call this after every step (it is collective at the agreed steps).
+        """
+        if jax.process_count() == 1:
+            return self.signal_name is not None
+        if step % self._agreement_interval:
+            return False
+        requested = multihost_utils.process_allgather(np.int32(self.signal_name is not None))
+        return bool(np.any(requested))
+
+    @property
+    def reason(self) -> str:
+        """What asked this process to stop, for the console."""
+        return f"{self.signal_name} received" if self.signal_name else "another process received a stop signal"
