@@ -44,8 +44,7 @@ def main(argv: list[str]) -> int:
     if _CACHE.value:
         jax.config.update("jax_compilation_cache_dir", _CACHE.value)
 
-    from hrrl_jax.train.loop import NonFiniteLossError, train_and_evaluate
-    from hrrl_jax.workdir.checkpoints import CheckpointError
+    from hrrl_jax.train.loop import train_and_evaluate
 
     try:
         if "compare" in config:
@@ -57,7 +56,7 @@ def main(argv: list[str]) -> int:
                 print(interruption, file=sys.stderr)
         else:
             train_and_evaluate(config, _WORKDIR.value)
-    except (UserError, CheckpointError, NonFiniteLossError, FileNotFoundError) as error:
+    except (UserError, FileNotFoundError) as error:  # Checkpoint, non-finite loss and data errors are UserErrors.
         return _report(error)
     return 0
 

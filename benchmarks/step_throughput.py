@@ -61,7 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="imagenet2012",
         help="Classes and concept hierarchy of the synthetic labels.",
     )
-    parser.add_argument("--batch-norm-variance", choices=BATCH_NORM_VARIANCES, default="one_pass")
+    parser.add_argument("--batch-norm-variance", choices=BATCH_NORM_VARIANCES, default="shifted_one_pass")
     parser.add_argument("--methods", default="erm,el,cl,hrrl", help="Any of erm, el, cl, hrrl, group_dro, plain.")
     parser.add_argument("--windows", type=int, default=5, help="Timed windows; the median is reported.")
     parser.add_argument("--steps-per-window", type=int, default=10)

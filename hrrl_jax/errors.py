@@ -13,3 +13,7 @@ class ConfigError(UserError, ValueError):
 
     Also a `ValueError`, so code that caught the checks' former `ValueError`s keeps working.
     """
+
+
+class DataError(UserError, ValueError):
+    """A data set, split or class selection that cannot be read as asked (unknown name, bad file, bad label)."""

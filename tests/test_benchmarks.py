@@ -20,6 +20,7 @@ def run_benchmark(tmp_path, *flags: str) -> list[dict]:
     return json.loads(out.read_text())["rows"]
 
 
+@pytest.mark.slow
 def test_timed_rows_for_each_method_and_the_plain_step(tmp_path):
     flags = ["--methods", "erm,hrrl,plain", "--windows", "2", "--steps-per-window", "2", "--warmup-steps", "1"]
     rows = {row["method"]: row for row in run_benchmark(tmp_path, *flags)}
@@ -36,12 +37,16 @@ def test_timed_rows_for_each_method_and_the_plain_step(tmp_path):
     assert rows["plain"]["compiled_bytes_accessed"] < rows["erm"]["compiled_bytes_accessed"]
 
 
-def test_one_pass_batch_norm_variance_reads_less_memory(tmp_path):
+@pytest.mark.slow
+def test_one_pass_batch_norm_variances_read_less_memory(tmp_path):
     accessed = {}
-    for variance in ("one_pass", "two_pass"):
+    for variance in ("shifted_one_pass", "one_pass", "two_pass"):
         # Batch 32 at 32 px: activations, not parameters, dominate the traffic (measured 143.5 vs 161.7 MiB).
         flags = ["--batch-size", "32", "--image-size", "32", "--methods", "erm", "--compile-only"]
         rows = run_benchmark(tmp_path, *flags, "--batch-norm-variance", variance)
         assert "step_ms" not in rows[0] and rows[0]["ratio_to_erm"] is None
         accessed[variance] = rows[0]["compiled_bytes_accessed"]
     assert accessed["one_pass"] < 0.95 * accessed["two_pass"]
+    # The shifted form reads the activation once too (and one pixel of each example for the shift); XLA's CPU
+    # estimate puts it 5 % above the plain one pass at this size (BENCHMARKS.md), still below two passes.
+    assert accessed["shifted_one_pass"] < min(1.1 * accessed["one_pass"], accessed["two_pass"])

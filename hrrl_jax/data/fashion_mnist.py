@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
 from hrrl_jax.data.hierarchy import FASHION_MNIST_CLASSES
+from hrrl_jax.errors import DataError
 
 DEFAULT_MANUAL_DIR = "/usr/share/datasets/fashion-mnist"
 _FILES = {
@@ -40,11 +41,11 @@ def read_idx(path: str) -> np.ndarray:
         content = file.read()
     zero, dtype_code, num_dims = content[0:2], content[2], content[3]
     if zero != b"\x00\x00" or dtype_code != 0x08:
-        raise ValueError(f"{path} is not a uint8 IDX file (header {content[:4]!r}).")
+        raise DataError(f"{path} is not a uint8 IDX file (header {content[:4]!r}).")
     shape = tuple(int.from_bytes(content[4 + 4 * d : 8 + 4 * d], "big") for d in range(num_dims))
     data = np.frombuffer(content, dtype=np.uint8, offset=4 + 4 * num_dims)
     if data.size != int(np.prod(shape)):
-        raise ValueError(
+        raise DataError(
             f"{path}: header says shape {shape} but holds {data.size} values; the file is truncated or corrupt."
         )
     return data.reshape(shape)
@@ -81,7 +82,7 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, images_path: Any, labels_path: Any) -> Iterator[tuple[int, dict]]:
         images, labels = read_idx(str(images_path)), read_idx(str(labels_path))
         if len(images) != len(labels):
-            raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels.")
+            raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels.")
         for index, (image, label) in enumerate(zip(images, labels)):
             yield index, {"image": image[:, :, None], "label": int(label)}
 
@@ -117,7 +118,7 @@ def load_arrays(
     """Images (uint8 [N, 28, 28, 1]) and labels (int32 [N]) of a Fashion-MNIST split, read through
     `tfds.data_source` in one batched read."""
     if split not in ("train", "test"):
-        raise ValueError(f"Fashion-MNIST has splits 'train' and 'test'; got {split!r}.")
+        raise DataError(f"Fashion-MNIST has splits 'train' and 'test'; got {split!r}.")
     source = prepared_builder(data_dir, manual_dir).as_data_source(split)
     examples = source.__getitems__(list(range(len(source))))
     images = np.stack([example["image"] for example in examples]).astype(np.uint8)

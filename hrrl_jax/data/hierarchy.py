@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hrrl_jax.errors import DataError
+
 _CONCEPTS_DIR = importlib.resources.files("hrrl_jax.data") / "concepts"
 
 
@@ -66,7 +68,7 @@ class ConceptHierarchy:
         """n_k = number of examples whose class belongs to concept k, int64 [K]."""
         labels = np.asarray(labels)
         if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes}); saw [{labels.min()}, {labels.max()}].")
+            raise DataError(f"labels must lie in [0, {self.num_classes}); saw [{labels.min()}, {labels.max()}].")
         concepts = self.concept_of_class[labels.astype(np.int64)]
         return np.bincount(concepts, minlength=self.num_concepts).astype(np.int64)
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from hrrl_jax.data import fashion_mnist, hierarchy, tfds_sources
 from hrrl_jax.data.split_data import DatasetInfo, SplitData
+from hrrl_jax.errors import DataError
 
 IMAGENET_STORED_SIZE = 256
 _DIGITS_TEST_SIZE = 450
@@ -56,7 +57,7 @@ IMAGENET_INFO = DatasetInfo(
 
 def _check_split(info: DatasetInfo, split: str, known: tuple[str, ...]) -> None:
     if split not in known:
-        raise ValueError(
+        raise DataError(
             f"{info.name} has splits {known}; got {split!r}. Sub-splits such as '{known[0]}[:90%]' are also accepted."
         )
 

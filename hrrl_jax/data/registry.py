@@ -15,6 +15,7 @@ import numpy as np
 from hrrl_jax.data import loaders
 from hrrl_jax.data.shifts import apply_shift
 from hrrl_jax.data.split_data import DatasetInfo, SplitData
+from hrrl_jax.errors import DataError
 from hrrl_jax.schema import SHIFT_MARKER, SPLIT_PATTERN, known_dataset_names
 
 SHIFT_SEED = 0
@@ -62,12 +63,12 @@ def _kept_classes(num_classes: int, exclude_classes: Sequence[int], only_classes
     for argument, classes in (("exclude_classes", exclude_classes), ("only_classes", only_classes)):
         bad = [c for c in classes if not 0 <= int(c) < num_classes]
         if bad:
-            raise ValueError(f"{argument} has classes {bad} outside [0, {num_classes}).")
+            raise DataError(f"{argument} has classes {bad} outside [0, {num_classes}).")
     excluded = {int(c) for c in exclude_classes}
     candidates = [int(c) for c in only_classes] if len(only_classes) else range(num_classes)
     kept = [c for c in candidates if c not in excluded]
     if not kept:
-        raise ValueError(f"no class left: only_classes={list(only_classes)}, exclude_classes={list(exclude_classes)}.")
+        raise DataError(f"no class left: only_classes={list(only_classes)}, exclude_classes={list(exclude_classes)}.")
     return kept
 
 
@@ -99,7 +100,7 @@ def describe_dataset(
 
 def _check_name(name: str) -> None:
     if name not in known_dataset_names():
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(known_dataset_names())}.")
+        raise DataError(f"unknown data set {name!r}; known: {', '.join(known_dataset_names())}.")
 
 
 def load_split(
@@ -127,13 +128,13 @@ def load_split(
     base_name, _, shift = name.partition(SHIFT_MARKER)
     match = SPLIT_PATTERN.match(split)
     if match is None:
-        raise ValueError(f"cannot parse split {split!r}; use e.g. 'train', 'test' or 'train[:90%]'.")
+        raise DataError(f"cannot parse split {split!r}; use e.g. 'train', 'test' or 'train[:90%]'.")
     split_data = _BASE_LOADERS[base_name](match["split"], data_dir)
     if match["start"] is not None or match["stop"] is not None:
         size = len(split_data)
         rows = np.arange(size)[slice(_slice_bound(match["start"], size), _slice_bound(match["stop"], size))]
         if not rows.size:
-            raise ValueError(f"split {split!r} of {name} is empty ({size} examples in {match['split']!r}).")
+            raise DataError(f"split {split!r} of {name} is empty ({size} examples in {match['split']!r}).")
         split_data = split_data.select(rows)
     if shift:
         split_data = _with_shift(split_data, name, shift, on_demand=base_name in _READ_ON_DEMAND)

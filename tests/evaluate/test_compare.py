@@ -34,6 +34,7 @@ def compare(workdir):
 
 
 @pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_FILES), reason="needs Debian's dataset-fashion-mnist files")
+@pytest.mark.slow
 def test_comparison_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     result = compare(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

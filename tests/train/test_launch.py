@@ -42,6 +42,7 @@ def test_tiny_run_writes_outputs_and_learns(tmp_path):
     assert "Results:" in result.stdout
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_rerun_continues(tmp_path):
     flags = tiny_flags(total_steps=400, log_every_steps=1, **{"optimizer.schedule": "constant"})
     command = [sys.executable, "launch.py", "--config", "configs/default.py", "--workdir", str(tmp_path), *flags]
@@ -112,3 +113,24 @@ def test_bad_value_fails_in_one_line_before_any_data_is_read(tmp_path, flags, ke
     assert os.listdir(data_dir) == [] and not (workdir / "config.json").exists()
     assert not (workdir / "checkpoints").exists()
     assert elapsed < 20, f"{elapsed:.1f} s: validation should come before jax and the data"
+
+
+@pytest.mark.parametrize(
+    "raised, exit_code, one_line",
+    [("ValueError('an internal bug')", 1, False), ("hrrl_jax.errors.DataError('labels outside [0, 10)')", 1, True)],
+)
+def test_user_errors_are_one_line_and_internal_errors_keep_their_traceback(tmp_path, raised, exit_code, one_line):
+    script = (
+        "import runpy, sys, hrrl_jax.errors, hrrl_jax.train.loop as loop\n"
+        f"def fail(config, workdir): raise {raised}\n"
+        "loop.train_and_evaluate = fail\n"
+        f"sys.argv = ['launch.py', '--config', 'configs/default.py', '--workdir', {str(tmp_path)!r}]\n"
+        "runpy.run_path('launch.py', run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == exit_code
+    if one_line:
+        assert result.stderr.strip().splitlines()[-1] == "error: labels outside [0, 10)"
+        assert "Traceback" not in result.stderr
+    else:
+        assert "Traceback" in result.stderr and "ValueError: an internal bug" in result.stderr

@@ -4,6 +4,7 @@ import json
 import os
 import re
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -162,3 +163,17 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_good_checkpoints(tmp_path
     if saved:
         state = read_checkpoint_state(str(tmp_path), saved[-1])
         assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree_util.tree_leaves(state["params"]))
+
+
+def test_the_train_step_is_traced_once(monkeypatch):
+    from hrrl_jax.train import run as run_module
+
+    monkeypatch.setattr(run_module, "train_step", chex.assert_max_traces(run_module.train_step, n=1))
+    config = tiny_config(robust__method="hrrl")
+    run = build_run(config)
+    state = run.trainer.state
+    for step in range(3):
+        state, _ = run.trainer.jitted_train_step(state, run.train_pipeline.global_batch(step))
+    with pytest.raises(AssertionError, match="traced"):  # Another batch shape would compile anew: caught.
+        batch = run.train_pipeline.global_batch(3)
+        run.trainer.jitted_train_step(state, {key: value[:16] for key, value in batch.items()})
