@@ -68,3 +68,33 @@ def assert_trees_equal(first, second) -> None:
     assert len(flat_first) == len(flat_second)
     for (path, a), b in zip(flat_first, flat_second):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+
+
+# Two runs whose reductions sum in another order (8 devices vs 1, two processes vs one, another CPU instruction set
+# or thread count) differ by float32 rounding. A sum of n float32 terms in any order lies within γ = n·u of the exact
+# (u = 2^-24; Higham's order-independent bound for terms of one sign), with n the longest reduction of a step: the
+# BatchNorm statistics of the stem over batch x height x width values. Relative to a state leaf, gradient sums whose
+# terms cancel multiply that by their condition number Σ|g|/|Σg|, allowed up to CANCELLATION_ALLOWANCE. A per-device
+# statistic or gradient in place of the global one, or the one-pass variance's cancellation, is 1e-3 to 1 instead.
+UNIT_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
+CANCELLATION_ALLOWANCE = 100
+NATIVE_IMAGE_SIDE = {"digits": 8, "fashion_mnist": 28}
+
+
+def rounding_bound(config) -> float:
+    """γ = n·u for the longest reduction of a train step of `config` (the stem's BatchNorm statistics)."""
+    side = config.dataset.image_size or NATIVE_IMAGE_SIDE[config.dataset.name]
+    return config.batch_size * side * side * UNIT_ROUNDOFF
+
+
+def relative_deviation(reference, other) -> float:
+    """||other - reference|| / ||reference|| over the floating-point leaves of a (sub)tree."""
+    import jax
+
+    pairs = [
+        (np.asarray(a, np.float64), np.asarray(b, np.float64))
+        for a, b in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(other), strict=True)
+        if np.asarray(a).dtype.kind == "f"
+    ]
+    difference = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in pairs))
+    return float(difference / max(np.sqrt(sum(np.sum(a**2) for a, _ in pairs)), 1e-30))

@@ -13,7 +13,14 @@ from hrrl_jax import robust
 from hrrl_jax.train.loop import NonFiniteLossError, train_and_evaluate
 from hrrl_jax.train.run import build_run, load_data
 from hrrl_jax.workdir import CheckpointError, WorkDir
-from tests.train.helpers import assert_trees_equal, read_checkpoint_state, tiny_config
+from tests.train.helpers import (
+    CANCELLATION_ALLOWANCE,
+    assert_trees_equal,
+    read_checkpoint_state,
+    relative_deviation,
+    rounding_bound,
+    tiny_config,
+)
 
 
 @pytest.mark.parametrize("method", ["erm", "hrrl"])
@@ -33,33 +40,8 @@ def test_resume_is_bit_identical(tmp_path, method):
         assert any(np.asarray(leaf).dtype == np.float32 and np.asarray(leaf).ndim == 1 for leaf in flat)
 
 
-# 8 devices sum the batch in another order than 1 (and the order also depends on the CPU's instruction set and
-# thread count), so the two runs differ by float32 rounding. The bounds come from the rounding of the step's
-# reductions, not from a measurement: a sum of n float32 terms in any order lies within γ = n·u of the exact
-# (u = 2^-24, Higham's order-independent bound for terms of one sign), with n the longest reduction of the step:
-# the BatchNorm statistics of the stem over batch x height x width values. Relative to a state leaf, gradient sums
-# whose terms cancel multiply that by their condition number Σ|g|/|Σg|, allowed up to CANCELLATION_ALLOWANCE.
-# BENCHMARKS.md has the measured deviations, 10-250x below these; a per-device statistic or gradient instead of
-# the global one, or the one-pass variance's cancellation, is 1e-3 to 1.
-UNIT_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
-CANCELLATION_ALLOWANCE = 100
-
-
-def rounding_bound(config) -> float:
-    """γ = n·u for the longest reduction of a step of `config` (the stem's BatchNorm statistics)."""
-    side = config.dataset.image_size or {"digits": 8}[config.dataset.name]
-    return config.batch_size * side * side * UNIT_ROUNDOFF
-
-
-def relative_deviation(reference, other) -> float:
-    """||other - reference|| / ||reference|| over the floating-point leaves of a subtree."""
-    pairs = [
-        (np.asarray(a, np.float64), np.asarray(b, np.float64))
-        for a, b in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(other), strict=True)
-        if np.asarray(a).dtype.kind == "f"
-    ]
-    difference = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in pairs))
-    return float(difference / max(np.sqrt(sum(np.sum(a**2) for a, _ in pairs)), 1e-30))
+# 8 devices sum the batch in another order than 1, so the runs differ by float32 rounding: the bounds are
+# derived in tests/train/helpers.py (`rounding_bound`); BENCHMARKS.md has the measured deviations.
 
 
 @pytest.mark.parametrize("batch_norm_variance", ["shifted_one_pass", "two_pass"])
