@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
 
     try:
         if "compare" in config:
-            from hrrl_jax.evaluate.compare import ComparisonInterrupted, run_comparison
+            from hrrl_jax.experiments.compare import ComparisonInterrupted, run_comparison
 
             try:
                 run_comparison(config, _WORKDIR.value)

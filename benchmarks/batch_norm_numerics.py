@@ -26,9 +26,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import default  # noqa: E402
+from hrrl_jax.data import load_data  # noqa: E402
 from hrrl_jax.models.batch_norm import batch_moments  # noqa: E402
 from hrrl_jax.schema import BATCH_NORM_VARIANCES  # noqa: E402
-from hrrl_jax.train.run import build_run, load_data  # noqa: E402
+from hrrl_jax.train.run import build_run  # noqa: E402
 
 MEAN_OVER_SPREAD = (0, 10, 100, 1000)
 CHECKPOINT_STEPS = (3, 30)

@@ -79,6 +79,7 @@ def default_optimizer_config() -> ml_collections.ConfigDict:
     config.eps = 1e-8  # adamw only.
     config.schedule = "cosine"  # cosine | step | constant.
     config.warmup_steps = 0  # Linear warm-up from 0 to learning_rate.
+    config.warmup_epochs = _unset()  # Set: overrides warmup_steps.
     config.step_boundaries = (0.5, 0.75)  # step schedule: fractions of total_steps.
     config.step_decay = 0.1  # step schedule: factor applied at each boundary.
     config.grad_clip_norm = _unset()  # Set: clip by the global gradient norm; None: no clipping.
@@ -111,7 +112,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.num_epochs = _unset()  # Set: overrides total_steps (converted with the epoch size).
     config.log_every_steps = 50
     config.eval_every_steps = 0  # 0: evaluate at the end only.
+    config.eval_every_epochs = _unset()  # Set: overrides eval_every_steps (DURATIONS).
     config.checkpoint_every_steps = 500  # A checkpoint is also saved at the end and on SIGTERM/SIGINT.
+    config.checkpoint_every_epochs = _unset()  # Set: overrides checkpoint_every_steps.
     config.keep_checkpoints = 3
     config.precision = "float32"  # Compute dtype: float32 | bfloat16 (parameters and losses stay float32).
 
@@ -136,6 +139,29 @@ def default_config() -> ml_collections.ConfigDict:
     config.optimizer = default_optimizer_config()
     config.robust = default_robust_config()
     return config
+
+
+# Durations that may be given in epochs: `<epochs key>` (float, None when unset) overrides `<steps key>`, converted
+# with the epoch size in one place (`durations_in_steps`), so a change of batch size leaves no stale step count.
+DURATIONS = {
+    "total_steps": "num_epochs",
+    "eval_every_steps": "eval_every_epochs",
+    "checkpoint_every_steps": "checkpoint_every_epochs",
+    "optimizer.warmup_steps": "optimizer.warmup_epochs",
+}
+
+
+def durations_in_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> ml_collections.ConfigDict:
+    """A copy of `config` whose step durations are those its epoch durations give (rounded up; at least 1 step
+    where the epochs are positive); durations given in steps stay as they are."""
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    for steps_key, epochs_key in DURATIONS.items():
+        epochs = _value(config, epochs_key)
+        if epochs is not None:
+            section, _, key = steps_key.rpartition(".")
+            node = resolved[section] if section else resolved
+            node[key] = max(1, math.ceil(epochs * steps_per_epoch)) if epochs > 0 else 0
+    return resolved
 
 
 def known_dataset_names() -> tuple[str, ...]:
@@ -250,7 +276,9 @@ RULES: dict[str, Check] = {
     "num_epochs": _optional(_POSITIVE),
     "log_every_steps": _POSITIVE_INTEGER,
     "eval_every_steps": _NON_NEGATIVE_INTEGER,
+    "eval_every_epochs": _optional(_NON_NEGATIVE),
     "checkpoint_every_steps": _POSITIVE_INTEGER,
+    "checkpoint_every_epochs": _optional(_POSITIVE),
     "keep_checkpoints": _POSITIVE_INTEGER,
     "precision": _one_of(PRECISION_NAMES),
     "dataset.name": _dataset_name,
@@ -275,6 +303,7 @@ RULES: dict[str, Check] = {
     "optimizer.eps": _POSITIVE,
     "optimizer.schedule": _one_of(SCHEDULE_NAMES),
     "optimizer.warmup_steps": _NON_NEGATIVE_INTEGER,
+    "optimizer.warmup_epochs": _optional(_NON_NEGATIVE),
     "optimizer.step_boundaries": _step_boundaries,
     "optimizer.step_decay": _POSITIVE,
     "optimizer.grad_clip_norm": _optional(_POSITIVE),
@@ -373,7 +402,7 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
                 f"config.total_steps={config['total_steps']!r}: must be a positive integer (or set config.num_epochs)."
             )
         warmup_steps = config["optimizer"]["warmup_steps"]
-        if warmup_steps >= config["total_steps"]:
+        if config["optimizer"]["warmup_epochs"] is None and warmup_steps >= config["total_steps"]:
             raise ConfigError(
                 f"config.optimizer.warmup_steps={warmup_steps!r}: must be below config.total_steps="
                 f"{config['total_steps']}; shorten the warm-up or train longer."

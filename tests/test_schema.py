@@ -201,8 +201,7 @@ def test_the_library_core_knows_the_same_divergences_and_priors():
 
 def test_models_data_and_trainer_use_the_schema_names():
     from hrrl_jax.data import registry, shifts
-    from hrrl_jax.models import BATCH_NORM_VARIANCES, MODEL_NAMES, resnet
-    from hrrl_jax.train.run import PRECISIONS
+    from hrrl_jax.models import BATCH_NORM_VARIANCES, MODEL_NAMES, PRECISIONS, resnet
 
     assert MODEL_NAMES == schema.MODEL_NAMES and tuple(resnet.RESNET_ARCHITECTURES) == schema.MODEL_NAMES
     assert resnet.STEMS == schema.STEMS
@@ -210,3 +209,26 @@ def test_models_data_and_trainer_use_the_schema_names():
     assert tuple(registry._BASE_LOADERS) == schema.KNOWN_DATASETS
     assert (*shifts._DETERMINISTIC_SHIFTS, "noise") == schema.KNOWN_SHIFTS
     assert tuple(PRECISIONS) == schema.PRECISION_NAMES
+
+
+def test_durations_in_epochs_become_steps_in_one_place():
+    from configs import imagenet_resnet50
+
+    config = imagenet_resnet50.get_config()
+    resolved = schema.durations_in_steps(config, steps_per_epoch=1251)
+    assert resolved.total_steps == 90 * 1251
+    assert resolved.optimizer.warmup_steps == 5 * 1251
+    assert resolved.eval_every_steps == resolved.checkpoint_every_steps == 4 * 1251
+    assert resolved.log_every_steps == config.log_every_steps  # Given in steps: kept.
+    # A doubled batch halves the epoch, and every duration given in epochs follows.
+    halved = schema.durations_in_steps(config, steps_per_epoch=626)
+    assert (halved.total_steps, halved.optimizer.warmup_steps) == (90 * 626, 5 * 626)
+    assert config.optimizer.warmup_epochs == 5.0 and config.optimizer.warmup_steps == 0  # The input is unchanged.
+    schema.validate_config(resolved)
+
+
+def test_a_fraction_of_an_epoch_rounds_up_and_zero_epochs_stay_zero():
+    config = schema.default_config()
+    config.eval_every_epochs, config.checkpoint_every_epochs = 0.0, 0.001
+    resolved = schema.durations_in_steps(config, steps_per_epoch=100)
+    assert (resolved.eval_every_steps, resolved.checkpoint_every_steps) == (0, 1)

@@ -1,6 +1,6 @@
 """Concept hierarchies: which concept each class belongs to, for every data set the package knows.
 
-A hierarchy is the concept map c: [C] -> [K] of METHOD.md together with the class and concept names.
+A hierarchy is the concept map c: [C] -> [K] of docs/method.md §1 together with the class and concept names.
 The robust objective weights concepts, so it needs `concept_of_class` and the number of training
 examples per concept n_k = |{i : c(y_i) = k}|.
 """

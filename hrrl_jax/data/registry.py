@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
+import ml_collections
 import numpy as np
 
 from hrrl_jax.data import loaders
@@ -143,3 +144,13 @@ def load_split(
             split_data, _kept_classes(split_data.info.num_classes, exclude_classes, only_classes)
         )
     return split_data
+
+
+def load_data(config: ml_collections.ConfigDict) -> tuple[SplitData, SplitData]:
+    """The train and test splits named by `config.dataset` (a resolved hrrl_jax config)."""
+    dataset = config.dataset
+    filters = {"exclude_classes": tuple(dataset.exclude_classes), "only_classes": tuple(dataset.only_classes)}
+    return (
+        load_split(dataset.name, dataset.train_split, data_dir=dataset.data_dir, **filters),
+        load_split(dataset.name, dataset.test_split, data_dir=dataset.data_dir, **filters),
+    )

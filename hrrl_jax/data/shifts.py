@@ -1,6 +1,6 @@
 """Appearance shifts for the example-level transfer targets: deterministic numpy/scipy image transforms.
 
-Each shift keeps the concepts and changes the look of the images (METHOD.md, evaluation protocol):
+Each shift keeps the concepts and changes the look of the images (docs/method.md §8):
   lowres2, lowres4  down-sample by k (mean over k x k blocks), then restore the size (bilinear);
   rotate30          rotate by 30 degrees about the centre (bilinear, black corners);
   blur              Gaussian blur with sigma = 1 pixel;

@@ -3,7 +3,7 @@
     python -m hrrl_jax.features --workdir W --dataset NAME --split SPLIT --out F.npz
     python -m hrrl_jax.features --workdir W --images IN.npz --out F.npz
 
-Features are the input of the last linear layer (METHOD.md's z = g(x)), computed in eval mode. A user's
+Features are the input of the last linear layer (the z = g(x) of docs/method.md §1), computed in eval mode. A user's
 `images` (uint8 N x H x W x C, any size, 1 or 3 channels, optional `labels`) are converted to the source's
 channels, resized to its resolution and normalised with its statistics, exactly as the source data.
 """
@@ -21,9 +21,9 @@ import ml_collections
 import numpy as np
 
 from hrrl_jax.data import ConceptHierarchy, DatasetInfo, InputPipeline, SplitData, describe_dataset, load_split
+from hrrl_jax.mesh import data_parallel_mesh
+from hrrl_jax.models import configured_model
 from hrrl_jax.schema import config_from_json
-from hrrl_jax.train.run import configured_model
-from hrrl_jax.train.sharding import data_parallel_mesh
 from hrrl_jax.workdir import Checkpointer, WorkDir
 
 

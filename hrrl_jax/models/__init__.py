@@ -2,10 +2,13 @@
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
 from hrrl_jax.models.flops import count_flops
 from hrrl_jax.models.resnet import RESNET_ARCHITECTURES, ResNet
-from hrrl_jax.schema import BATCH_NORM_VARIANCES, MODEL_NAMES, STEMS
+from hrrl_jax.schema import BATCH_NORM_VARIANCES, MODEL_NAMES, PRECISION_NAMES, STEMS
+
+PRECISIONS = {name: jnp.dtype(name) for name in PRECISION_NAMES}  # config.precision -> compute dtype.
 
 
 def create_model(
@@ -58,4 +61,24 @@ def create_model(
     )
 
 
-__all__ = ["BATCH_NORM_VARIANCES", "MODEL_NAMES", "create_model", "count_flops", "ResNet"]
+def configured_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    """The network `config.model` and `config.precision` describe, with `num_classes` outputs."""
+    return create_model(
+        config.model.name,
+        num_classes=num_classes,
+        width=config.model.width,
+        stem=config.model.stem,
+        dtype=PRECISIONS[config.precision],
+        batch_norm_variance=config.model.batch_norm_variance,
+    )
+
+
+__all__ = [
+    "BATCH_NORM_VARIANCES",
+    "MODEL_NAMES",
+    "PRECISIONS",
+    "ResNet",
+    "configured_model",
+    "count_flops",
+    "create_model",
+]

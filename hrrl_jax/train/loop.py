@@ -38,7 +38,7 @@ def train_and_evaluate(
     is_main_process = jax.process_index() == 0
     run = build_run(config)
     state, hierarchy, info = run.trainer.state, run.hierarchy, run.info
-    total_steps = run.total_steps
+    total_steps, durations = run.total_steps, run.config  # Durations in steps, whether given in steps or epochs.
 
     checkpointer = Checkpointer(directory.checkpoints, keep=config.keep_checkpoints)
     start_step = 0
@@ -103,11 +103,11 @@ def train_and_evaluate(
                     record = writer.write(step, summary) if writer is not None else None
                     progress.update(len(window), record)
                     window, window_start = [], time.perf_counter()
-                if config.eval_every_steps > 0 and step % config.eval_every_steps == 0 and step < total_steps:
+                if durations.eval_every_steps > 0 and step % durations.eval_every_steps == 0 and step < total_steps:
                     eval_results = evaluate(state)
                     if writer is not None:
                         writer.write(step, evaluation.scalar_summary(eval_results), prefix="eval")
-                if step % config.checkpoint_every_steps == 0 and step < total_steps:
+                if step % durations.checkpoint_every_steps == 0 and step < total_steps:
                     save(step)
                 stop_requested = stop.should_stop(step)
                 if stop_requested or step == stop_at_step:

@@ -7,25 +7,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from hrrl_jax.data import ConceptHierarchy, DatasetInfo, InputPipeline, SplitData, load_split
-from hrrl_jax.models import create_model
-from hrrl_jax.schema import PRECISION_NAMES
+from hrrl_jax.data import ConceptHierarchy, DatasetInfo, InputPipeline, SplitData, load_data
+from hrrl_jax.mesh import DataParallelMesh, data_parallel_mesh
+from hrrl_jax.models import configured_model
+from hrrl_jax.schema import durations_in_steps
 from hrrl_jax.train.objective import Objective, build_objective
 from hrrl_jax.train.optimizers import make_optimizer
-from hrrl_jax.train.sharding import data_parallel_mesh
 from hrrl_jax.train.state import TrainState, init_train_state
 from hrrl_jax.train.steps import eval_step, train_step
-
-PRECISIONS = {name: jnp.dtype(name) for name in PRECISION_NAMES}  # config.precision -> compute dtype.
 
 
 @dataclasses.dataclass
@@ -44,8 +40,12 @@ class Trainer:
 
 @dataclasses.dataclass
 class Run:
-    """The pieces of one training run, before any step is taken."""
+    """The pieces of one training run, before any step is taken.
 
+    `config` is the run's config with every duration in steps (`hrrl_jax.schema.durations_in_steps`).
+    """
+
+    config: ml_collections.ConfigDict
     info: DatasetInfo
     hierarchy: ConceptHierarchy
     concept_sizes: np.ndarray
@@ -53,29 +53,6 @@ class Run:
     eval_pipeline: InputPipeline
     total_steps: int
     trainer: Trainer
-
-
-def total_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-    """The run's length in steps: `num_epochs` (when set) converted with the epoch size, else `total_steps`."""
-    if config.num_epochs is not None:
-        return int(math.ceil(config.num_epochs * steps_per_epoch))
-    if config.total_steps <= 0:
-        raise ValueError(f"config.total_steps={config.total_steps} must be positive (or set config.num_epochs).")
-    return int(config.total_steps)
-
-
-def load_data(config: ml_collections.ConfigDict) -> tuple[SplitData, SplitData]:
-    """The train and test splits named by `config.dataset`."""
-    dataset = config.dataset
-    kwargs = dict(
-        data_dir=dataset.data_dir,
-        exclude_classes=tuple(dataset.exclude_classes),
-        only_classes=tuple(dataset.only_classes),
-    )
-    return (
-        load_split(dataset.name, dataset.train_split, **kwargs),
-        load_split(dataset.name, dataset.test_split, **kwargs),
-    )
 
 
 def make_optimizer_chain(
@@ -88,20 +65,6 @@ def make_optimizer_chain(
     return optax.chain(*transforms), objective, learning_rate_fn
 
 
-def configured_model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
-    """The network `config.model` and `config.precision` describe, with `num_classes` outputs."""
-    if config.precision not in PRECISIONS:
-        raise ValueError(f"config.precision={config.precision!r} is not known; choose one of {tuple(PRECISIONS)}.")
-    return create_model(
-        config.model.name,
-        num_classes=num_classes,
-        width=config.model.width,
-        stem=config.model.stem,
-        dtype=PRECISIONS[config.precision],
-        batch_norm_variance=config.model.batch_norm_variance,
-    )
-
-
 def build_trainer(
     config: ml_collections.ConfigDict,
     info: DatasetInfo,
@@ -109,9 +72,11 @@ def build_trainer(
     *,
     total_steps: int,
     devices: list[jax.Device] | None = None,
+    mesh: DataParallelMesh | None = None,
 ) -> Trainer:
-    """Model, optimizer chain, state and jitted steps for data described by `info` on `devices` (default: all)."""
-    _, data_sharding, replicated = data_parallel_mesh(devices)
+    """Model, optimizer chain, state and jitted steps for data described by `info`, on `mesh` if given, else on a
+    mesh over `devices` (default: all)."""
+    _, data_sharding, replicated = mesh if mesh is not None else data_parallel_mesh(devices)
     model = configured_model(config, info.num_classes)
     tx, objective, learning_rate_fn = make_optimizer_chain(config, info.hierarchy, concept_sizes, total_steps)
     side = info.image_shape[0] if config.dataset.image_size is None else config.dataset.image_size
@@ -156,7 +121,8 @@ def build_run(
     splits: tuple[SplitData, SplitData] | None = None,
 ) -> Run:
     """Data, pipelines and trainer for `config` on `devices` (default: all); `splits` skips loading."""
-    _, data_sharding, _ = data_parallel_mesh(devices)
+    mesh = data_parallel_mesh(devices)
+    data_sharding = mesh.batch
     train_split, test_split = splits if splits is not None else load_data(config)
     info = train_split.info
     image_size = config.dataset.image_size
@@ -177,10 +143,12 @@ def build_run(
         image_size=image_size,
         sharding=data_sharding,
     )
-    total_steps = total_train_steps(config, train_pipeline.steps_per_epoch)
+    config = durations_in_steps(config, train_pipeline.steps_per_epoch)
+    total_steps = int(config.total_steps)
     concept_sizes = info.hierarchy.examples_per_concept(train_split.labels)
-    trainer = build_trainer(config, info, concept_sizes, total_steps=total_steps, devices=devices)
+    trainer = build_trainer(config, info, concept_sizes, total_steps=total_steps, mesh=mesh)
     return Run(
+        config=config,
         info=info,
         hierarchy=info.hierarchy,
         concept_sizes=concept_sizes,

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from hrrl_jax import robust
+from hrrl_jax.data import load_data
 from hrrl_jax.train.loop import NonFiniteLossError, train_and_evaluate
-from hrrl_jax.train.run import build_run, load_data
+from hrrl_jax.train.run import build_run
 from hrrl_jax.workdir import CheckpointError, WorkDir
 from tests.train.helpers import (
     CANCELLATION_ALLOWANCE,
