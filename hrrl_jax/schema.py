@@ -132,9 +132,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.model.name = "resnet18"
     config.model.width = 64
     config.model.stem = "auto"  # small | imagenet | auto (imagenet stem from 128 px up).
-    # shifted_one_pass: one read of each activation, exact to float32 rounding whatever the mean;
-    # one_pass: E[x²] - E[x]² (cancels under a large mean); two_pass: E[(x - E[x])²] (one more read per layer).
-    config.model.batch_norm_variance = "shifted_one_pass"
+    config.model.batch_norm_variance = "shifted_one_pass"  # BATCH_NORM_VARIANCES: hrrl_jax/models/batch_norm.py.
 
     config.optimizer = default_optimizer_config()
     config.robust = default_robust_config()

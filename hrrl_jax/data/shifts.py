@@ -1,7 +1,7 @@
 """Appearance shifts for the example-level transfer targets: deterministic numpy/scipy image transforms.
 
 Each shift keeps the concepts and changes the look of the images (docs/method.md §8):
-  lowres2, lowres4  down-sample by k (mean over k x k blocks), then restore the size (bilinear);
+  lowres2, lowres4  down-sample by k (mean over k x k blocks), then restore the size (the pipeline's bilinear);
   rotate30          rotate by 30 degrees about the centre (bilinear, black corners);
   blur              Gaussian blur with sigma = 1 pixel;
   noise             additive Gaussian noise with std 0.1 of the range (25.5 grey levels), clipped.
@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.ndimage
 
+from hrrl_jax.data import image_ops
 from hrrl_jax.schema import KNOWN_SHIFTS
 
 _NOISE_STD = 0.1 * 255.0
@@ -27,8 +28,7 @@ def _restore_low_resolution(images: np.ndarray, factor: int) -> np.ndarray:
     padded = np.pad(images.astype(np.float32), ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     low_h, low_w = padded.shape[1] // factor, padded.shape[2] // factor
     low = padded.reshape(n, low_h, factor, low_w, factor, channels).mean(axis=(2, 4))
-    zoom = (1.0, height / low_h, width / low_w, 1.0)
-    return scipy.ndimage.zoom(low, zoom, order=1, mode="nearest", grid_mode=True)
+    return image_ops.resize_bilinear(low, height, width)
 
 
 def _rotate(images: np.ndarray, degrees: float) -> np.ndarray:

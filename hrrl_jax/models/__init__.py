@@ -28,9 +28,8 @@ def create_model(
         width: channels of the first stage (64 is the standard ResNet; small values make tiny nets).
         stem: ``"small"``, ``"imagenet"`` or ``"auto"`` (ImageNet stem for inputs of side >= 128).
         dtype: compute dtype (float32 or bfloat16); parameters, logits and features stay float32.
-        batch_norm_variance: ``"shifted_one_pass"`` (the default: one read of each activation, exact to
-            float32 rounding whatever the mean), ``"one_pass"`` (E[x²] - E[x]², cancels under a large mean) or
-            ``"two_pass"`` (E[(x - E[x])²], one more read); see ``hrrl_jax.models.batch_norm``.
+        batch_norm_variance: how BatchNorm computes the batch variance, one of ``BATCH_NORM_VARIANCES``
+            (``hrrl_jax.models.batch_norm`` explains them).
 
     Returns:
         A Flax Linen module; ``apply(variables, images, train=...)`` returns (logits, features).

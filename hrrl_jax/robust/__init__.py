@@ -1,6 +1,6 @@
 """hrrl_jax.robust: closed-form hierarchical (example- and concept-level) robust reweighting.
 
-A pure library core (imports only jax, numpy and optax): the closed-form worst cases of METHOD.md, the
+A pure library core (imports only jax, numpy and optax): the closed-form worst cases of docs/method.md §2-§3, the
 unbiased minibatch estimators, and the optax transform that runs the concept-level adversary.
 """
 

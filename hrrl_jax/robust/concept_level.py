@@ -1,7 +1,7 @@
 """Closed-form worst-case concept distributions p*(f) for the concept-level adversary.
 
 For concept losses ``f ∈ R^K``, a prior ``q`` on the simplex and a penalty ``λ > 0``, each function
-returns the exact maximiser of ``⟨p, f⟩ − λ·D(p, q)`` over the simplex (METHOD.md, concept level).
+returns the exact maximiser of ``⟨p, f⟩ − λ·D(p, q)`` over the simplex (docs/method.md §2).
 """
 
 import functools
@@ -10,6 +10,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from hrrl_jax.robust._checks import check_positive
 from hrrl_jax.robust.simplex import project_simplex
 
 Divergence = Literal["l2", "kl", "wasserstein", "none"]
@@ -62,7 +63,7 @@ def concept_best_response(
             f"cost and temperature only apply to divergence='wasserstein', got divergence={divergence!r} "
             f"with cost={'set' if cost is not None else None}, temperature={temperature!r}; drop them."
         )
-    _check_positive("lam", lam)
+    check_positive("lam", lam, allow_arrays=True)
     concept_losses = jnp.asarray(concept_losses, jnp.float32)
     prior = jnp.asarray(prior, jnp.float32)
     if prior.shape != concept_losses.shape[-1:]:
@@ -72,7 +73,7 @@ def concept_best_response(
         )
     if divergence == "wasserstein":
         temperature = DEFAULT_CONCEPT_TEMPERATURE if temperature is None else temperature
-        _check_positive("temperature", temperature)
+        check_positive("temperature", temperature, allow_arrays=True)
     return _best_response(concept_losses, prior, lam, cost, temperature, divergence=divergence)
 
 
@@ -113,13 +114,3 @@ def _wasserstein_best_response(
     scores = (concept_losses[..., None, :] - penalty) / jnp.asarray(temperature, jnp.float32)
     transport = jax.nn.softmax(scores, axis=-1)
     return jnp.einsum("k,...kl->...l", prior, transport)
-
-
-def _check_positive(name: str, value: float | jax.Array) -> None:
-    """Raises for a concrete non-positive hyperparameter; traced values are not checked."""
-    try:
-        concrete = float(value)
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        return
-    if not concrete > 0:
-        raise ValueError(f"{name} must be > 0 (inf allowed), got {value!r}.")

@@ -14,7 +14,7 @@ def concept_loss_estimate(
     concept_sizes: jax.Array,
     weights: jax.Array | None = None,
 ) -> jax.Array:
-    """Unbiased estimate of the per-concept losses from a uniform minibatch (METHOD.md step 5).
+    """Unbiased estimate of the per-concept losses from a uniform minibatch (docs/method.md §4).
 
     ``f̂_k = (1/m) Σ_{i∈B, c(y_i)=k} (N/n_k) · v_i ℓ_i`` with ``N = Σ_k n_k``. For a batch drawn
     uniformly from the ``N`` training examples, ``E[f̂_k] = (1/n_k) Σ_{i: c(y_i)=k} v_i ℓ_i``, the
@@ -41,8 +41,8 @@ def concept_loss_estimate(
     weighted = importance * loss
     if weights is not None:
         weighted = weighted * replicated(jnp.asarray(weights, jnp.float32))
-    per_concept = jax.nn.one_hot(concept, concept_sizes.shape[0], dtype=jnp.float32) * weighted[:, None]
-    return jax.lax.stop_gradient(jnp.sum(per_concept, axis=0) / loss.shape[0])
+    per_concept = jax.ops.segment_sum(weighted, concept, num_segments=concept_sizes.shape[0])
+    return jax.lax.stop_gradient(per_concept / loss.shape[0])
 
 
 @jax.jit

@@ -3,10 +3,11 @@
 The ground cost moves mass only between examples of the same class, in deep-feature space,
 ``c((z,y),(z',y')) = ‖z − z'‖² + ∞·[y ≠ y']``, handled in penalty form with multiplier ``γ``
 (Sinha, Namkoong, Duchi, "Certifying Some Distributional Robustness with Principled Adversarial
-Training", ICLR 2018). See METHOD.md, example level.
+Training", ICLR 2018). See docs/method.md §3.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,9 +45,9 @@ def within_class_coupling(
     Returns:
       float32 ``[m, m]`` coupling, rows summing to ``1/|G_i|``; no gradient flows through it.
     """
-    row_softmax, same_class, _ = _row_softmax(per_example_loss, features, labels, gamma, temperature)
-    group_size = jnp.sum(same_class, axis=1, keepdims=True)
-    return row_softmax / group_size
+    geometry = _pairwise_geometry(per_example_loss, features, labels)
+    group_size = jnp.sum(geometry.same_class, axis=1, keepdims=True)
+    return _within_class_softmax(geometry, gamma, temperature) / group_size
 
 
 @jax.jit
@@ -59,7 +60,7 @@ def example_weights(
     temperature: float | jax.Array,
     radius: float | jax.Array | None = None,
 ) -> jax.Array:
-    """Within-class closed-form Wasserstein weights ``v`` on the batch's support (METHOD.md ``reweight``).
+    """Within-class closed-form Wasserstein weights ``v`` on the batch's support (docs/method.md §3).
 
     ``v_j = |G| · Σ_i π_ij`` with ``π`` from :func:`within_class_coupling`: the worst-case mass that
     lands on example ``j``, relative to uniform. The mean of ``v`` over each class present in the
@@ -87,7 +88,7 @@ def example_weights(
         )
     if radius is not None:
         gamma = gamma_for_radius(per_example_loss, features, labels, radius=radius, temperature=temperature)
-    row_softmax, _, _ = _row_softmax(per_example_loss, features, labels, gamma, temperature)
+    row_softmax = _within_class_softmax(_pairwise_geometry(per_example_loss, features, labels), gamma, temperature)
     # |G| · Σ_i π_ij = Σ_i softmax_ij, since π_ij = softmax_ij / |G| and i, j share the group G.
     return jax.lax.stop_gradient(jnp.sum(row_softmax, axis=0))
 
@@ -113,14 +114,16 @@ def gamma_for_radius(
       float32 ``[m]``: the ``γ`` of each example's class group.
     """
     radius = jnp.asarray(radius, jnp.float32)
-    _, same_class, sq_distance = _row_softmax(per_example_loss, features, labels, 0.0, temperature)
+    # The geometry does not depend on γ: built once here, reused by every bisection step.
+    geometry = _pairwise_geometry(per_example_loss, features, labels)
+    same_class, sq_distance = geometry.same_class, geometry.sq_distance
     group_size = jnp.sum(same_class, axis=1)
     # Every member reads its group's cost from the group's first member, so all members of a group
     # take the same bisection decisions bit for bit.
     first_member = jnp.argmax(same_class, axis=1)
 
     def group_moved_cost(gamma_per_row: jax.Array) -> jax.Array:
-        row_softmax, _, _ = _row_softmax(per_example_loss, features, labels, gamma_per_row, temperature)
+        row_softmax = _within_class_softmax(geometry, gamma_per_row, temperature)
         moved_per_row = jnp.sum(row_softmax * sq_distance, axis=1)
         return ((same_class.astype(jnp.float32) @ moved_per_row) / group_size)[first_member]
 
@@ -148,7 +151,7 @@ def perturb_features(
     gamma: float | jax.Array,
     steps: int = 1,
 ) -> jax.Array:
-    """Worst-case features for a linear head ``(W, b)``, off the batch's support (METHOD.md ``perturb``).
+    """Worst-case features for a linear head ``(W, b)``, off the batch's support (docs/method.md §3).
 
     One step is the closed-form ascent ``δ_i = ∇_z ℓ_i / (2γ) = Wᵀ(softmax(W z_i + b) − e_{y_i}) / (2γ)``,
     exact for the linearised loss; ``steps > 1`` iterates the stationarity condition of
@@ -184,18 +187,22 @@ def perturb_features(
     return features + delta.astype(features.dtype)
 
 
-def _row_softmax(
-    per_example_loss: jax.Array,
-    features: jax.Array,
-    labels: jax.Array,
-    gamma: float | jax.Array,
-    temperature: float | jax.Array,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``softmax_{j∈G_i}((ℓ_j − γ_i d_ij) / τ_e)`` with the same-class mask and ``d_ij = ‖ẑ_i − ẑ_j‖²``.
+class _PairwiseGeometry(NamedTuple):
+    """What every within-class softmax of one batch shares, whatever ``γ`` and ``τ_e``.
 
-    ``γ d`` is taken as 0 where ``d = 0`` so that ``γ = inf`` gives the identity coupling, not NaN.
-    Every row keeps its own diagonal entry, so no row is empty.
+    Attributes:
+      loss: ``ℓ``, float32 ``[m]``, replicated, no gradient.
+      sq_distance: ``d_ij = ‖ẑ_i − ẑ_j‖²`` of the unit-length features, float32 ``[m, m]``, 0 on the diagonal.
+      same_class: ``y_i == y_j``, bool ``[m, m]``.
     """
+
+    loss: jax.Array
+    sq_distance: jax.Array
+    same_class: jax.Array
+
+
+def _pairwise_geometry(per_example_loss: jax.Array, features: jax.Array, labels: jax.Array) -> _PairwiseGeometry:
+    """Checks the batch's shapes, normalises the features and builds ``d`` and the same-class mask once."""
     loss = jax.lax.stop_gradient(replicated(jnp.asarray(per_example_loss, jnp.float32)))
     features = jax.lax.stop_gradient(replicated(jnp.asarray(features, jnp.float32)))
     labels = replicated(jnp.asarray(labels))
@@ -208,8 +215,21 @@ def _row_softmax(
     unit = features / jnp.maximum(norms, 1e-12)
     is_diagonal = jnp.eye(loss.shape[0], dtype=bool)
     sq_distance = jnp.where(is_diagonal, 0.0, jnp.clip(2.0 - 2.0 * unit @ unit.T, 0.0, 4.0))
+    same_class = labels[:, None] == labels[None, :]
+    return _PairwiseGeometry(loss=loss, sq_distance=sq_distance, same_class=same_class)
+
+
+def _within_class_softmax(
+    geometry: _PairwiseGeometry, gamma: float | jax.Array, temperature: float | jax.Array
+) -> jax.Array:
+    """``softmax_{j∈G_i}((ℓ_j − γ_i d_ij) / τ_e)``, float32 ``[m, m]``, zero across classes.
+
+    ``γ d`` is taken as 0 where ``d = 0`` so that ``γ = inf`` gives the identity coupling, not NaN.
+    Every row keeps its own diagonal entry, so no row is empty.
+    """
+    loss, sq_distance = geometry.loss, geometry.sq_distance
     gamma_per_row = jnp.broadcast_to(jnp.asarray(gamma, jnp.float32), loss.shape)[:, None]
     penalty = jnp.where(sq_distance > 0, gamma_per_row * sq_distance, 0.0)
-    same_class = labels[:, None] == labels[None, :]
-    logits = jnp.where(same_class, (loss[None, :] - penalty) / jnp.asarray(temperature, jnp.float32), -jnp.inf)
-    return jax.nn.softmax(logits, axis=1), same_class, sq_distance
+    scores = (loss[None, :] - penalty) / jnp.asarray(temperature, jnp.float32)
+    logits = jnp.where(geometry.same_class, scores, -jnp.inf)
+    return jax.nn.softmax(logits, axis=1)

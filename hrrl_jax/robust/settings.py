@@ -1,22 +1,27 @@
 """Static configuration of the reweighting transform: validated once, then carried by its state.
 
-:class:`ReweightingSettings` is registered with ``jax.tree_util.register_static``: a pytree node with no
-array leaves, so inside the transform's state it is part of the tree structure. ``jit`` treats it as
-static, Orbax and sharding see only the state's arrays, and equality is identity (hashing numpy arrays
-by value on every jit call would cost more than it saves).
+Where the static configuration lives: :class:`ReweightingSettings` is registered with
+``jax.tree_util.register_static``, so ``HierarchicalReweightingState.settings`` is a pytree node with no array
+leaves, part of the tree structure rather than of the leaves. Hence ``jit`` treats it as static (the concept map
+and the hyperparameters become compile-time constants); Orbax saves only the state's array leaves (the running
+losses and the step); sharding and ``device_put`` see only arrays; and ``loss_weights`` can compute the weights
+from the optimizer state alone, wherever the transform sits in a nested state. Restore a checkpoint into a target
+built by the same transform, e.g. ``jax.eval_shape(tx.init, params)``. Equality is identity (hashing numpy
+arrays by value on every jit call would cost more than it saves).
 """
 
 import dataclasses
 import math
-import numbers
 from typing import Any, Literal
 
 import jax
 import numpy as np
 
+from hrrl_jax.robust._checks import check_positive
 from hrrl_jax.robust.concept_level import DIVERGENCES, Divergence
 
-EXAMPLE_LEVELS = ("reweight", "none")
+# The transform's own example levels; the trainer's config (hrrl_jax/schema.py) has reweight | perturb.
+TRANSFORM_EXAMPLE_LEVELS = ("reweight", "none")
 ACCUMULATIONS = ("mean", "sum")
 
 
@@ -85,13 +90,13 @@ def make_settings(concept_of_class: Any, concept_sizes: Any, **options: Any) -> 
             "inside the loss function, pass the robust per-example losses, and use "
             "example_level='none' here."
         )
-    _check_choice("example_level", options["example_level"], EXAMPLE_LEVELS)
+    _check_choice("example_level", options["example_level"], TRANSFORM_EXAMPLE_LEVELS)
     _check_choice("accumulate", options["accumulate"], ACCUMULATIONS)
     for name in ("lam", "gamma", "example_temperature"):
-        _check_positive_number(name, options[name])
+        check_positive(name, options[name])
     for name in ("temperature", "radius"):
         if options[name] is not None:
-            _check_positive_number(name, options[name])
+            check_positive(name, options[name])
     if not (math.isfinite(options["step_offset"]) and options["step_offset"] >= 0):
         raise ValueError(f"step_offset (t0) must be a finite number >= 0, got {options['step_offset']!r}.")
     if options["constant_step"] is not None:
@@ -147,8 +152,3 @@ def _resolve_prior(prior: Any, concept_sizes: np.ndarray) -> np.ndarray:
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
-
-
-def _check_positive_number(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"{name} must be a number > 0 (inf allowed), got {value!r}.")

@@ -1,18 +1,12 @@
 """The hierarchical reweighting as an optax transform: the concept-level adversary lives in its state.
 
-Each step (METHOD.md, "the game in the SGD pipeline"): the loss function reads the per-example weights
+Each step (docs/method.md §5): the loss function reads the per-example weights
 ``w_i = p_t[c(y_i)] · N/n_{c(y_i)} · v_i`` from the optimizer state with :func:`loss_weights`, the
 optimizer steps on ``∇ (1/m) Σ_i w_i ℓ_i``, and ``update`` advances the adversary's running concept
 losses with the unbiased estimate ``f̂``. ``update`` returns the gradient updates unchanged, so the
 transform composes with any other optax transform in a chain.
 
-Where the static configuration lives: the state carries it as a *leafless* pytree node
-(``HierarchicalReweightingState.settings``, registered with ``jax.tree_util.register_static``). It is
-part of the tree structure, not of the leaves, so ``jit`` treats it as static (concept map and
-hyperparameters become compile-time constants), Orbax saves only the array leaves (the running losses
-and the step), sharding and ``device_put`` see only arrays, and :func:`loss_weights` can compute the
-weights from the optimizer state alone, wherever the transform sits in a nested state. Restore a
-checkpoint into a target built by the same transform, e.g. ``jax.eval_shape(tx.init, params)``.
+The static configuration rides in ``HierarchicalReweightingState.settings``: see :mod:`hrrl_jax.robust.settings`.
 """
 
 from typing import Any, Literal, NamedTuple
@@ -35,7 +29,7 @@ class HierarchicalReweightingState(NamedTuple):
       concept_losses: the adversary's concept losses ``f̄`` (float32 ``[K]``): the running average of
         ``f̂`` with ``accumulate="mean"``, their sum with ``accumulate="sum"``.
       step: number of updates so far (int32 scalar).
-      settings: the static configuration (no array leaves; see the module docstring).
+      settings: the static configuration (no array leaves; see :mod:`hrrl_jax.robust.settings`).
     """
 
     concept_losses: jax.Array
@@ -204,7 +198,7 @@ def loss_weights(
     per_example_loss: jax.Array | None = None,
     features: jax.Array | None = None,
 ) -> jax.Array:
-    """Per-example loss weights ``w_i = p_t[c(y_i)] · N/n_{c(y_i)} · v_i`` (METHOD.md step 3).
+    """Per-example loss weights ``w_i = p_t[c(y_i)] · N/n_{c(y_i)} · v_i`` (docs/method.md §4).
 
     With a uniform minibatch, ``E_B[(1/m) Σ_i w_i ℓ_i] = Σ_k p_k R̂_k``: the gradient of the weighted
     mean is an unbiased estimate of the robust objective's. Call it inside the loss function (it is
@@ -237,7 +231,7 @@ def loss_weights(
 def _example_level_weights(
     settings: ReweightingSettings, per_example_loss: jax.Array, features: jax.Array | None, labels: jax.Array
 ) -> jax.Array | None:
-    """``v`` of METHOD.md step 1, or ``None`` for ``example_level="none"``."""
+    """The example weights ``v`` (docs/method.md §3), or ``None`` for ``example_level="none"``."""
     if settings.example_level == "none":
         return None
     if settings.radius is not None:

@@ -15,8 +15,9 @@ import optax
 class TrainState:
     """Parameters, BatchNorm statistics, optimizer state (with the robust adversary), step and RNG key.
 
-    `rng` is a raw uint32 key; per-step randomness is `jax.random.fold_in(rng, step)`, so the key never has
-    to be split and carried, and a resumed run draws the same numbers.
+    `rng` is the run's raw uint32 key, saved with the state so that a step that draws random numbers can take
+    `jax.random.fold_in(rng, step)` and resume bit-exactly. No step draws any today (augmentation is drawn on the
+    host from (seed, step)); the field stays because every checkpoint written so far holds it.
     """
 
     step: jax.Array

@@ -6,7 +6,7 @@ jits them with `NamedSharding`s over the data-parallel mesh and donates the stat
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,16 @@ from hrrl_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+
+
+class LossAux(TypedDict):
+    """The auxiliary output of the train step's loss function, one named entry per value it passes on."""
+
+    per_example_loss: jax.Array  # ℓ_i, [m].
+    features: jax.Array  # deep features z_i, [m, D].
+    weights: jax.Array  # robust weights w_i, [m] (all 1 without reweighting).
+    logits: jax.Array  # [m, C].
+    batch_stats: Any  # the model's updated batch-norm statistics.
 
 
 def per_example_losses(
@@ -53,13 +63,13 @@ def train_step(
 ) -> tuple[TrainState, Metrics]:
     """One SGD step on the (robustly) weighted mean loss of the global batch.
 
-    METHOD.md's algorithm: forward, example weights w_i from the adversary in the optimizer state (no
+    The algorithm of docs/method.md §5: forward, example weights w_i from the adversary in the optimizer state (no
     gradient through them), gradient of (1/m) Σ w_i ℓ_i, then `tx.update` advances both the parameters and the
     adversary with the same per-example losses, labels and features.
     """
     images, labels = batch["image"], batch["label"]
 
-    def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, jax.Array, jax.Array, jax.Array, jax.Array]]:
+    def loss_fn(params: Any) -> tuple[jax.Array, LossAux]:
         (logits, features), updated = model.apply(
             {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
         )
@@ -73,11 +83,17 @@ def train_step(
             )
         else:
             weights = jnp.ones_like(losses)
-        return jnp.mean(weights * losses), (updated["batch_stats"], logits, features, losses, weights)
+        aux = LossAux(
+            per_example_loss=losses,
+            features=features,
+            weights=weights,
+            logits=logits,
+            batch_stats=updated["batch_stats"],
+        )
+        return jnp.mean(weights * losses), aux
 
-    (loss, (batch_stats, logits, features, losses, weights)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
-    )
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    losses, features, weights = aux["per_example_loss"], aux["features"], aux["weights"]
     updates, opt_state = tx.update(
         grads,
         state.opt_state,
@@ -90,13 +106,13 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1,
         params=new_params,
-        batch_stats=batch_stats,
+        batch_stats=aux["batch_stats"],
         opt_state=opt_state,
     )
     metrics = {
         "loss": loss,
         "unweighted_loss": jnp.mean(losses),
-        "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
+        "accuracy": jnp.mean((jnp.argmax(aux["logits"], -1) == labels).astype(jnp.float32)),
         "learning_rate": learning_rate_fn(state.step),
         "grad_norm": optax.tree.norm(grads),
         "param_norm": optax.tree.norm(new_params),
@@ -113,8 +129,8 @@ def worst_concept_loss(losses: jax.Array, labels: jax.Array, concept_of_class: n
     """The largest mean per-example loss over the concepts present in the batch (`concept_of_class`: numpy)."""
     num_concepts = int(concept_of_class.max()) + 1
     concepts = jnp.asarray(concept_of_class)[labels]
-    totals = jnp.zeros((num_concepts,), jnp.float32).at[concepts].add(losses)
-    counts = jnp.zeros((num_concepts,), jnp.float32).at[concepts].add(1.0)
+    totals = jax.ops.segment_sum(losses.astype(jnp.float32), concepts, num_segments=num_concepts)
+    counts = jax.ops.segment_sum(jnp.ones_like(losses, jnp.float32), concepts, num_segments=num_concepts)
     means = jnp.where(counts > 0, totals / jnp.maximum(counts, 1.0), -jnp.inf)
     return jnp.max(means)
 
@@ -126,7 +142,7 @@ def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, num_classes:
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * mask
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask
     return {
-        "correct_per_class": jnp.zeros((num_classes,), jnp.float32).at[labels].add(correct),
-        "count_per_class": jnp.zeros((num_classes,), jnp.float32).at[labels].add(mask),
+        "correct_per_class": jax.ops.segment_sum(correct, labels, num_segments=num_classes),
+        "count_per_class": jax.ops.segment_sum(mask.astype(jnp.float32), labels, num_segments=num_classes),
         "loss_sum": jnp.sum(losses),
     }

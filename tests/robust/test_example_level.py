@@ -9,6 +9,7 @@ import pytest
 from scipy import optimize
 
 from hrrl_jax.robust import example_weights, gamma_for_radius, perturb_features, within_class_coupling
+from hrrl_jax.robust.example_level import _pairwise_geometry, _within_class_softmax
 
 
 def _batch(seed: int, size: int = 12, num_classes: int = 3, dim: int = 4):
@@ -87,6 +88,39 @@ def test_weights_permute_with_examples():
         loss[permutation], features[permutation], labels[permutation], gamma=0.5, temperature=0.3
     )
     np.testing.assert_allclose(permuted, weights[permutation], atol=1e-6)
+
+
+def _reference_row_softmax(loss, features, labels, gamma, temperature):
+    """The pre-split ``_row_softmax`` in numpy: unit features, clipped ``d``, ``γ d = 0`` where ``d = 0``, softmax."""
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    sq_distance = np.where(np.eye(loss.size, dtype=bool), 0.0, np.clip(2.0 - 2.0 * unit @ unit.T, 0.0, 4.0))
+    gamma_per_row = np.broadcast_to(np.asarray(gamma, np.float64), loss.shape)[:, None]
+    with np.errstate(invalid="ignore"):
+        penalty = np.where(sq_distance > 0, gamma_per_row * sq_distance, 0.0)
+    logits = np.where(labels[:, None] == labels[None, :], (loss[None, :] - penalty) / temperature, -np.inf)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def test_geometry_built_once_gives_the_single_pass_softmax():
+    loss, features, labels = _batch(8, size=14, num_classes=3, dim=5)
+    features[3] = 0.0  # a zero feature vector takes the 1e-12 floor of the norm
+    gamma_per_example = np.random.default_rng(9).uniform(0.0, 2.0, loss.size).astype(np.float32)
+    geometry = _pairwise_geometry(loss, features, labels)
+    for gamma in (0.0, 0.4, jnp.inf, gamma_per_example):
+        expected = _reference_row_softmax(
+            loss.astype(np.float64), features.astype(np.float64), labels, np.asarray(gamma), 0.3
+        )
+        np.testing.assert_allclose(_within_class_softmax(geometry, gamma, 0.3), expected, atol=1e-6)
+        group_size = np.sum(labels[:, None] == labels[None, :], axis=1, keepdims=True)
+        np.testing.assert_allclose(
+            within_class_coupling(loss, features, labels, gamma=gamma, temperature=0.3),
+            expected / group_size,
+            atol=1e-6,
+        )
+        np.testing.assert_allclose(
+            example_weights(loss, features, labels, gamma=gamma, temperature=0.3), expected.sum(axis=0), atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("radius", [0.05, 0.4])
