@@ -3,6 +3,8 @@
 import json
 import os
 import re
+import subprocess
+import sys
 
 import chex
 import jax
@@ -16,6 +18,7 @@ from hrrl_jax.train.run import build_run
 from hrrl_jax.workdir import CheckpointError, WorkDir
 from tests.train.helpers import (
     CANCELLATION_ALLOWANCE,
+    REPO_ROOT,
     assert_trees_equal,
     read_checkpoint_state,
     relative_deviation,
@@ -160,3 +163,19 @@ def test_the_train_step_is_traced_once(monkeypatch):
     with pytest.raises(AssertionError, match="traced"):  # Another batch shape would compile anew: caught.
         batch = run.train_pipeline.global_batch(3)
         run.trainer.jitted_train_step(state, {key: value[:16] for key, value in batch.items()})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["AVX2", "SSE4_2"])
+def test_eight_devices_match_one_device_on_older_instruction_sets(isa):
+    """The same bounds hold when XLA may not use AVX-512 (another reduction order), as on older CPUs."""
+    environment = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count=8 --xla_cpu_max_isa={isa}",
+        "JAX_ENABLE_COMPILATION_CACHE": "false",
+    }
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/train/test_loop.py",
+               "-k", "test_eight_devices_match_one_device and not older"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "2 passed" in result.stdout

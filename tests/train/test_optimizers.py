@@ -49,7 +49,7 @@ def test_default_config_has_every_key():
     config = default_optimizer_config()
     assert config.name == "sgd" and config.learning_rate == 0.1 and config.nesterov is True
     assert config.momentum == 0.9 and config.weight_decay == 5e-4 and config.schedule == "cosine"
-    assert config.warmup_steps == 0 and config.grad_clip_norm is None
+    assert config.warmup_steps == 0 and config.warmup_epochs is None and config.grad_clip_norm is None
     assert set(config.keys()) == {
         "name",
         "learning_rate",
@@ -61,6 +61,7 @@ def test_default_config_has_every_key():
         "eps",
         "schedule",
         "warmup_steps",
+        "warmup_epochs",
         "step_boundaries",
         "step_decay",
         "grad_clip_norm",
