@@ -11,8 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from hrrl_jax.config_checks import validate_config
 from hrrl_jax.errors import UserError
-from hrrl_jax.schema import validate_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")

@@ -1,8 +1,7 @@
-"""Every config key: its default, its allowed values, and the one check of a whole config (jax-free).
+"""Every config key with its default, the names it may take, and durations in epochs (jax-free).
 
-launch.py validates the config with this module before jax is imported or any data is read, so a bad value
-fails in a second naming its key. The modules that use a name (robust method, optimizer, model, data set)
-import the allowed names from here; the library core `hrrl_jax.robust` keeps its own, tested to be equal.
+The modules that use a name (robust method, optimizer, model, data set) import the allowed names from here; the
+library core `hrrl_jax.robust` keeps its own, tested to be equal. `hrrl_jax.config_checks` checks a whole config.
 
 Optional values are None when unset. They are `placeholder(object)` rather than typed placeholders so that
 `--config.KEY=None` unsets them on the command line (a typed placeholder's flag parser cannot parse None);
@@ -12,16 +11,11 @@ Optional values are None when unset. They are `placeholder(object)` rather than 
 from __future__ import annotations
 
 import math
-import numbers
-import os
 import re
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
-
-from hrrl_jax.errors import ConfigError
 
 ROBUST_METHODS = ("erm", "el", "cl", "hrrl", "group_dro")
 EXAMPLE_LEVELS = ("reweight", "perturb")  # The trainer's; the library's transform knows reweight | none.
@@ -154,7 +148,7 @@ def durations_in_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) 
     where the epochs are positive); durations given in steps stay as they are."""
     resolved = ml_collections.ConfigDict(config.to_dict())
     for steps_key, epochs_key in DURATIONS.items():
-        epochs = _value(config, epochs_key)
+        epochs = value_at(config, epochs_key)
         if epochs is not None:
             section, _, key = steps_key.rpartition(".")
             node = resolved[section] if section else resolved
@@ -162,334 +156,13 @@ def durations_in_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) 
     return resolved
 
 
-def known_dataset_names() -> tuple[str, ...]:
-    """Every `config.dataset.name`: the base data sets, then each with each shift."""
-    shifted = [f"{base}{SHIFT_MARKER}{shift}" for base in KNOWN_DATASETS for shift in KNOWN_SHIFTS]
-    return (*KNOWN_DATASETS, *shifted)
-
-
-# Checks: a value in, None when it is fine, else what it must be (the caller adds the key and the value).
-Check = Callable[[Any], str | None]
-
-
-def _integer(minimum: int) -> Check:
-    requirement = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-
-    def check(value: Any) -> str | None:
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-        return None if ok else f"must be {requirement}"
-
-    return check
-
-
-def _number(requirement: str, ok: Callable[[float], bool]) -> Check:
-    def check(value: Any) -> str | None:
-        is_number = isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
-        return None if is_number and ok(value) else f"must be {requirement}"
-
-    return check
-
-
-def _one_of(names: tuple[str, ...]) -> Check:
-    return lambda value: None if isinstance(value, str) and value in names else f"must be one of {names}"
-
-
-def _optional(check: Check) -> Check:
-    def check_if_set(value: Any) -> str | None:
-        problem = None if value is None else check(value)
-        return None if problem is None else f"{problem}, or None (unset)"
-
-    return check_if_set
-
-
-def _sequence_of(check: Check, requirement: str, *, non_empty: bool = False) -> Check:
-    def check_all(value: Any) -> str | None:
-        ok = isinstance(value, (tuple, list)) and (len(value) > 0 or not non_empty)
-        return None if ok and all(check(item) is None for item in value) else f"must be {requirement}"
-
-    return check_all
-
-
-def _boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "must be True or False"
-
-
-def _text(value: Any) -> str | None:
-    return None if isinstance(value, str) else "must be a string"
-
-
-def _path(value: Any) -> str | None:
-    return None if isinstance(value, str) and value else "must be a non-empty path"
-
-
-def _split(value: Any) -> str | None:
-    ok = isinstance(value, str) and SPLIT_PATTERN.match(value)
-    return None if ok else "must be a split name, optionally sliced as in TFDS: 'train', 'test', 'train[:90%]'"
-
-
-def _dataset_name(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return "must be a data set name (a string)"
-    base, marker, shift = value.partition(SHIFT_MARKER)
-    if base not in KNOWN_DATASETS:
-        return f"is not a known data set; choose one of {KNOWN_DATASETS}, or NAME{SHIFT_MARKER}SHIFT"
-    if marker and shift not in KNOWN_SHIFTS:
-        return f"has an unknown shift {shift!r}; choose one of {KNOWN_SHIFTS}"
-    return None
-
-
-def _concept_cost(value: Any) -> str | None:
-    if value in CONCEPT_COSTS:
-        return None
-    if isinstance(value, str) and value.endswith((".npy", ".csv")) and os.path.isfile(value):
-        return None
-    return "must be 'hierarchy' or the path of an existing .npy or .csv K x K matrix (None: the 0/1 cost 1 - I)"
-
-
-_POSITIVE_INTEGER = _integer(1)
-_NON_NEGATIVE_INTEGER = _integer(0)
-_POSITIVE = _number("a finite number > 0", lambda v: 0 < v < math.inf)
-_POSITIVE_OR_INF = _number("a number > 0 (inf allowed)", lambda v: v > 0)
-_NON_NEGATIVE = _number("a finite number >= 0", lambda v: 0 <= v < math.inf)
-_IN_UNIT_INTERVAL = _number("a number in [0, 1)", lambda v: 0 <= v < 1)
-_FRACTION_INSIDE_UNIT = _number("a number in (0, 1)", lambda v: 0 < v < 1)
-_STEP_SIZE = _number("a number in (0, 1]", lambda v: 0 < v <= 1)
-_CLASS_IDS = _sequence_of(_NON_NEGATIVE_INTEGER, "a tuple of class indices (integers >= 0)")
-_SEEDS = _sequence_of(_NON_NEGATIVE_INTEGER, "a non-empty tuple of integers >= 0", non_empty=True)
-
-
-def _step_boundaries(value: Any) -> str | None:
-    fractions = list(value) if isinstance(value, (tuple, list)) else None
-    ok = fractions is not None and all(_FRACTION_INSIDE_UNIT(f) is None for f in fractions)
-    if ok and fractions == sorted(set(fractions)):
-        return None
-    return "must be strictly increasing fractions of total_steps inside (0, 1)"
-
-
-RULES: dict[str, Check] = {
-    "seed": _NON_NEGATIVE_INTEGER,
-    "batch_size": _POSITIVE_INTEGER,
-    "eval_batch_size": _optional(_POSITIVE_INTEGER),
-    "total_steps": _NON_NEGATIVE_INTEGER,  # Positive unless num_epochs is set: see _check_relations.
-    "num_epochs": _optional(_POSITIVE),
-    "log_every_steps": _POSITIVE_INTEGER,
-    "eval_every_steps": _NON_NEGATIVE_INTEGER,
-    "eval_every_epochs": _optional(_NON_NEGATIVE),
-    "checkpoint_every_steps": _POSITIVE_INTEGER,
-    "checkpoint_every_epochs": _optional(_POSITIVE),
-    "keep_checkpoints": _POSITIVE_INTEGER,
-    "precision": _one_of(PRECISION_NAMES),
-    "dataset.name": _dataset_name,
-    "dataset.data_dir": _optional(_path),
-    "dataset.train_split": _split,
-    "dataset.test_split": _split,
-    "dataset.image_size": _optional(_POSITIVE_INTEGER),
-    "dataset.augment": _boolean,
-    "dataset.exclude_classes": _CLASS_IDS,
-    "dataset.only_classes": _CLASS_IDS,
-    "model.name": _one_of(MODEL_NAMES),
-    "model.width": _POSITIVE_INTEGER,
-    "model.stem": _one_of(STEMS),
-    "model.batch_norm_variance": _one_of(BATCH_NORM_VARIANCES),
-    "optimizer.name": _one_of(OPTIMIZER_NAMES),
-    "optimizer.learning_rate": _POSITIVE,
-    "optimizer.momentum": _IN_UNIT_INTERVAL,
-    "optimizer.nesterov": _boolean,
-    "optimizer.weight_decay": _NON_NEGATIVE,
-    "optimizer.b1": _IN_UNIT_INTERVAL,
-    "optimizer.b2": _IN_UNIT_INTERVAL,
-    "optimizer.eps": _POSITIVE,
-    "optimizer.schedule": _one_of(SCHEDULE_NAMES),
-    "optimizer.warmup_steps": _NON_NEGATIVE_INTEGER,
-    "optimizer.warmup_epochs": _optional(_NON_NEGATIVE),
-    "optimizer.step_boundaries": _step_boundaries,
-    "optimizer.step_decay": _POSITIVE,
-    "optimizer.grad_clip_norm": _optional(_POSITIVE),
-    "robust.method": _one_of(ROBUST_METHODS),
-    "robust.divergence": _one_of(DIVERGENCES),
-    "robust.lam": _POSITIVE_OR_INF,
-    "robust.prior": _one_of(PRIORS),
-    "robust.cost": _optional(_concept_cost),
-    "robust.temperature": _POSITIVE_OR_INF,
-    "robust.example_level": _one_of(EXAMPLE_LEVELS),
-    "robust.gamma": _POSITIVE_OR_INF,
-    "robust.example_temperature": _POSITIVE_OR_INF,
-    "robust.radius": _optional(_POSITIVE_OR_INF),
-    "robust.perturb_steps": _POSITIVE_INTEGER,
-    "robust.step_offset": _NON_NEGATIVE,
-    "robust.constant_step": _optional(_STEP_SIZE),
-    "robust.group_dro_eta": _POSITIVE,
-    "compare.methods": _sequence_of(_one_of(ROBUST_METHODS), f"a non-empty tuple of {ROBUST_METHODS}", non_empty=True),
-    "compare.seeds": _SEEDS,
-    "compare.overrides": lambda value: None,  # Its entries are checked as config.robust values: _check_overrides.
-    "compare.lambda_sweep": _sequence_of(_POSITIVE_OR_INF, "a tuple of numbers > 0"),
-    "compare.sweep_methods": _sequence_of(_one_of(ROBUST_METHODS), f"a tuple of {ROBUST_METHODS}"),
-    "compare.sweep_seeds": _SEEDS,
-    "compare.targets": _sequence_of(_one_of(COMPARISON_TARGETS), f"a tuple of {COMPARISON_TARGETS}"),
-    "compare.probe_train_examples": _POSITIVE_INTEGER,
-    "compare.write_report": _boolean,
-    "compare.notes": _text,
-}
-_FREE_KEYS = frozenset({"compare.overrides"})  # Sub-configs whose keys are not fixed by the defaults.
-
-
-def _is_section(value: Any) -> bool:
-    return isinstance(value, (Mapping, ml_collections.ConfigDict))
-
-
-def _expected_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The defaults `config` is checked against: a training run's, plus `compare` if it has that section."""
-    expected = default_config()
-    if "compare" in config:
-        expected.compare = default_compare_config()
-    return expected
-
-
-def _check_keys(config: ml_collections.ConfigDict, expected: ml_collections.ConfigDict, prefix: str) -> None:
-    if not _is_section(config):
-        raise ConfigError(f"config.{prefix[:-1]}={config!r}: must be a section with keys {sorted(expected)}.")
-    unknown = sorted(set(config) - set(expected))
-    missing = sorted(set(expected) - set(config))
-    if unknown:
-        raise ConfigError(
-            f"config.{prefix}{unknown[0]} is not a config key; the keys here are {sorted(expected)} "
-            "(see hrrl_jax/schema.py). Fix the spelling or remove it."
-        )
-    if missing:
-        raise ConfigError(
-            f"config.{prefix}{missing[0]} is missing; build the config from configs/base.py "
-            "(hrrl_jax.schema.default_config()) and change only the values."
-        )
-    for key, default in expected.items():
-        if isinstance(default, ml_collections.ConfigDict) and f"{prefix}{key}" not in _FREE_KEYS:
-            _check_keys(config[key], default, f"{prefix}{key}.")
-
-
-def _value(config: ml_collections.ConfigDict, path: str) -> Any:
+def value_at(config: ml_collections.ConfigDict, path: str) -> Any:
     for key in path.split("."):
         config = config[key]
     return config
 
 
-def _check(path: str, value: Any, check: Check) -> None:
-    problem = check(value)
-    if problem is not None:
-        raise ConfigError(f"config.{path}={value!r}: {problem}.")
-
-
-def _check_overrides(overrides: Mapping[str, Any]) -> None:
-    """`compare.overrides`: method -> a few `config.robust` keys, each checked as that key."""
-    robust_keys = sorted(default_robust_config())
-    for method, values in overrides.items():
-        _check(f"compare.overrides.{method}", method, _one_of(ROBUST_METHODS))
-        if not _is_section(values):
-            raise ConfigError(f"config.compare.overrides.{method}={values!r}: must map config.robust keys to values.")
-        for key, value in values.items():
-            if key not in robust_keys:
-                raise ConfigError(
-                    f"config.compare.overrides.{method}.{key} is not a config.robust key; choose from {robust_keys}."
-                )
-            _check(f"compare.overrides.{method}.{key}", value, RULES[f"robust.{key}"])
-
-
-def _check_relations(config: ml_collections.ConfigDict) -> None:
-    """The checks that involve two keys."""
-    if config["num_epochs"] is None:
-        if config["total_steps"] < 1:
-            raise ConfigError(
-                f"config.total_steps={config['total_steps']!r}: must be a positive integer (or set config.num_epochs)."
-            )
-        warmup_steps = config["optimizer"]["warmup_steps"]
-        if config["optimizer"]["warmup_epochs"] is None and warmup_steps >= config["total_steps"]:
-            raise ConfigError(
-                f"config.optimizer.warmup_steps={warmup_steps!r}: must be below config.total_steps="
-                f"{config['total_steps']}; shorten the warm-up or train longer."
-            )
-    robust = config["robust"]
-    if robust["method"] == "group_dro" and robust["constant_step"] is not None:
-        raise ConfigError(
-            f"config.robust.constant_step={robust['constant_step']!r}: group_dro accumulates losses (sums), and a "
-            "constant adversary step applies to running means only; unset it or use another method."
-        )
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks a whole resolved config without jax: keys against the defaults, then every value, then relations.
-
-    Raises:
-        ConfigError: naming the first bad key and its value, `config.log_every_steps=0: must be ...`.
-    """
-    _check_keys(config, _expected_config(config), prefix="")
-    for path, check in RULES.items():
-        if path.split(".")[0] in config:
-            _check(path, _value(config, path), check)
-    if "compare" in config:
-        _check_overrides(config["compare"]["overrides"])
-    _check_relations(config)
-
-
-# The value that meant "unset" in config.json files written before optional values were None.
-_OLD_SENTINELS = {
-    "eval_batch_size": 0,
-    "num_epochs": 0,
-    "dataset.data_dir": "",
-    "dataset.image_size": 0,
-    "robust.cost": "",
-    "robust.radius": 0,
-    "robust.constant_step": 0,
-    "optimizer.grad_clip_norm": 0,
-}
-# `section.key` -> the value in effect in runs written before the key existed (else its default applies).
-_BEFORE_THE_KEY = {"model.batch_norm_variance": "two_pass"}
-
-
-def config_from_json(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
-    """The config of a run's config.json, as written by any version of hrrl_jax.
-
-    Old sentinels (0, 0.0, "") of optional values become None, lists become tuples, and keys the file
-    predates get the value in effect then (a missing `model.batch_norm_variance` was "two_pass") or their default.
-
-    It is not validated (a run whose cost file has moved can still be read); call `validate_config` to train.
-
-    Raises:
-        ConfigError: the file has a key this version does not know, or a value of the wrong type.
-    """
-    config = _expected_config(values)
-    _fill(config, values, prefix="")
-    for path, value in _BEFORE_THE_KEY.items():
-        section, key = path.split(".")
-        if key not in values.get(section, {}):
-            config[section][key] = value
-    return config
-
-
-def _fill(config: ml_collections.ConfigDict, values: Mapping[str, Any], prefix: str) -> None:
-    for key, value in values.items():
-        path = f"{prefix}{key}"
-        if key not in config:
-            raise ConfigError(
-                f"config.{path} in config.json is not a config key of this version of hrrl_jax; remove it from "
-                "the file if it is obsolete."
-            )
-        if isinstance(config[key], ml_collections.ConfigDict) and path not in _FREE_KEYS:
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"config.{path}={value!r} in config.json: must be a section of keys.")
-            _fill(config[key], value, f"{path}.")
-            continue
-        value = _tuples(value)
-        sentinel = _OLD_SENTINELS.get(path)
-        if sentinel is not None and value == sentinel and not isinstance(value, bool):
-            value = None
-        try:
-            config[key] = ml_collections.ConfigDict(value) if path in _FREE_KEYS else value
-        except TypeError as error:
-            raise ConfigError(f"config.{path}={value!r} in config.json: {error}") from None
-
-
-def _tuples(value: Any) -> Any:
-    """JSON's lists as the tuples the config holds (nested mappings keep their shape)."""
-    if isinstance(value, list):
-        return tuple(_tuples(item) for item in value)
-    if isinstance(value, Mapping):
-        return {key: _tuples(item) for key, item in value.items()}
-    return value
+def known_dataset_names() -> tuple[str, ...]:
+    """Every `config.dataset.name`: the base data sets, then each with each shift."""
+    shifted = [f"{base}{SHIFT_MARKER}{shift}" for base in KNOWN_DATASETS for shift in KNOWN_SHIFTS]
+    return (*KNOWN_DATASETS, *shifted)

@@ -21,7 +21,14 @@ FORBIDDEN = {
     "hrrl_jax.evaluate.features": {"train", "experiments"},
     "hrrl_jax.features": {"train", "experiments"},
 }
-JAX_FREE = ("hrrl_jax.schema", "hrrl_jax.errors", "configs.base", "configs.default", "configs.compare_fashion_mnist")
+JAX_FREE = (
+    "hrrl_jax.schema",
+    "hrrl_jax.config_checks",
+    "hrrl_jax.errors",
+    "configs.base",
+    "configs.default",
+    "configs.compare_fashion_mnist",
+)
 
 
 def loaded_modules(module: str) -> list[str]:

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from hrrl_jax import schema
+from hrrl_jax import config_checks, schema
 from hrrl_jax.errors import ConfigError, UserError
 from tests.train.helpers import REPO_ROOT
 
@@ -52,7 +52,7 @@ def test_schema_and_configs_load_without_jax_or_tfds():
 
 @pytest.mark.parametrize("name", CONFIG_MODULES)
 def test_every_config_file_validates(name):
-    schema.validate_config(importlib.import_module(name).get_config())
+    config_checks.validate_config(importlib.import_module(name).get_config())
 
 
 def test_the_rules_cover_every_key_and_the_defaults_pass():
@@ -64,8 +64,8 @@ def test_the_rules_cover_every_key_and_the_defaults_pass():
 
     config = schema.default_config()
     config.compare = schema.default_compare_config()
-    assert set(leaves(config)) == set(schema.RULES)
-    schema.validate_config(config)
+    assert set(leaves(config)) == set(config_checks.RULES)
+    config_checks.validate_config(config)
 
 
 @pytest.mark.parametrize(
@@ -107,38 +107,40 @@ def test_the_rules_cover_every_key_and_the_defaults_pass():
 )
 def test_each_bad_value_names_its_key(values, key):
     with pytest.raises(ConfigError) as error:
-        schema.validate_config(with_values(**values))
+        config_checks.validate_config(with_values(**values))
     assert str(error.value).startswith(f"config.{key}="), str(error.value)
     assert "\n" not in str(error.value)
     assert isinstance(error.value, UserError) and isinstance(error.value, ValueError)
 
 
 def test_valid_corner_values_pass():
-    schema.validate_config(with_values(total_steps=0, num_epochs=2))  # total_steps is unused with epochs.
-    schema.validate_config(with_values(robust__lam=math.inf, eval_every_steps=0, dataset__name="digits_shift/blur"))
-    schema.validate_config(with_values(robust__cost="hierarchy", optimizer__grad_clip_norm=1, num_epochs=0.5))
+    config_checks.validate_config(with_values(total_steps=0, num_epochs=2))  # total_steps is unused with epochs.
+    config_checks.validate_config(
+        with_values(robust__lam=math.inf, eval_every_steps=0, dataset__name="digits_shift/blur")
+    )
+    config_checks.validate_config(with_values(robust__cost="hierarchy", optimizer__grad_clip_norm=1, num_epochs=0.5))
 
 
 def test_unknown_and_missing_keys_are_named():
     config = schema.default_config()
     config.model.wdith = 4
     with pytest.raises(ConfigError, match=r"^config.model.wdith is not a config key"):
-        schema.validate_config(config)
+        config_checks.validate_config(config)
     config = schema.default_config()
     del config.robust["gamma"]
     with pytest.raises(ConfigError, match=r"^config.robust.gamma is missing"):
-        schema.validate_config(config)
+        config_checks.validate_config(config)
 
 
 def test_comparison_overrides_are_checked_as_robust_values():
     config = importlib.import_module("configs.compare_fashion_mnist").get_config()
     config.compare.overrides.hrrl.lam = -1.0
     with pytest.raises(ConfigError, match=r"^config.compare.overrides.hrrl.lam=-1.0"):
-        schema.validate_config(config)
+        config_checks.validate_config(config)
     config.compare.overrides.hrrl.lam = 0.1
     config.compare.targets = ("shift/sepia",)
     with pytest.raises(ConfigError, match=r"^config.compare.targets="):
-        schema.validate_config(config)
+        config_checks.validate_config(config)
 
 
 def test_old_config_json_sentinels_become_none_and_missing_keys_get_their_old_value():
@@ -148,7 +150,7 @@ def test_old_config_json_sentinels_become_none_and_missing_keys_get_their_old_va
     old["robust"].update(cost="", radius=0.0, constant_step=0.0)
     old["optimizer"]["grad_clip_norm"] = 0.0
     del old["model"]["batch_norm_variance"]  # Written before the key existed: two passes were the rule.
-    config = schema.config_from_json(old)
+    config = config_checks.config_from_json(old)
     for value in (
         config.eval_batch_size,
         config.num_epochs,
@@ -162,17 +164,17 @@ def test_old_config_json_sentinels_become_none_and_missing_keys_get_their_old_va
         assert value is None
     assert config.model.batch_norm_variance == "two_pass"
     assert config.dataset.exclude_classes == (3, 6) and config.optimizer.step_boundaries == (0.5, 0.75)
-    schema.validate_config(config)
+    config_checks.validate_config(config)
 
 
 def test_config_json_round_trips_and_rejects_unknown_keys():
     config = with_values(num_epochs=3.0, dataset__image_size=32, optimizer__grad_clip_norm=1.0)
-    assert schema.config_from_json(json.loads(config.to_json_best_effort())).to_dict() == config.to_dict()
+    assert config_checks.config_from_json(json.loads(config.to_json_best_effort())).to_dict() == config.to_dict()
     comparison = importlib.import_module("configs.compare_fashion_mnist").get_config()
-    restored = schema.config_from_json(json.loads(comparison.to_json_best_effort()))
+    restored = config_checks.config_from_json(json.loads(comparison.to_json_best_effort()))
     assert restored.to_dict() == comparison.to_dict()
     with pytest.raises(ConfigError, match=r"^config.model.depth in config.json is not a config key"):
-        schema.config_from_json({"model": {"depth": 18}})
+        config_checks.config_from_json({"model": {"depth": 18}})
 
 
 def test_the_library_core_knows_the_same_divergences_and_priors():
@@ -224,7 +226,7 @@ def test_durations_in_epochs_become_steps_in_one_place():
     halved = schema.durations_in_steps(config, steps_per_epoch=626)
     assert (halved.total_steps, halved.optimizer.warmup_steps) == (90 * 626, 5 * 626)
     assert config.optimizer.warmup_epochs == 5.0 and config.optimizer.warmup_steps == 0  # The input is unchanged.
-    schema.validate_config(resolved)
+    config_checks.validate_config(resolved)
 
 
 def test_a_fraction_of_an_epoch_rounds_up_and_zero_epochs_stay_zero():

@@ -20,10 +20,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from hrrl_jax.config_checks import config_from_json
 from hrrl_jax.data import ConceptHierarchy, DatasetInfo, InputPipeline, SplitData, describe_dataset, load_split
 from hrrl_jax.mesh import data_parallel_mesh
 from hrrl_jax.models import configured_model
-from hrrl_jax.schema import config_from_json
 from hrrl_jax.workdir import Checkpointer, WorkDir
 
 

@@ -10,8 +10,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from hrrl_jax.config_checks import validate_config
 from hrrl_jax.errors import UserError
-from hrrl_jax.schema import validate_config
 from hrrl_jax.train import evaluation
 from hrrl_jax.train.metrics import MetricWriter, ProgressBar
 from hrrl_jax.train.preemption import StopRequest

@@ -19,7 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from hrrl_jax.schema import config_from_json
+from hrrl_jax.config_checks import config_from_json
 
 CONFIG = "config.json"
 CONFIG_HISTORY = "config_history.jsonl"
