@@ -33,7 +33,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base  # noqa: E402
-from hrrl_jax.data import DatasetInfo, InputPipeline, load_split  # noqa: E402
+from hrrl_jax.data import DatasetInfo, InputPipeline, image_ops, load_split, loaders, tfds_sources  # noqa: E402  # noqa: E402
 from hrrl_jax.data.hierarchy import cifar100_hierarchy, fashion_mnist_hierarchy, imagenet_hierarchy  # noqa: E402
 from hrrl_jax.models import BATCH_NORM_VARIANCES, count_flops, create_model  # noqa: E402
 from hrrl_jax.train.run import build_trainer  # noqa: E402
@@ -67,6 +67,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps-per-window", type=int, default=10)
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--input-steps", type=int, default=100, help="Batches timed in input mode.")
+    parser.add_argument(
+        "--input-dataset",
+        default="fashion_mnist",
+        choices=("fashion_mnist", "imagenet2012"),
+        help="Input mode's data: Fashion-MNIST, or a prepared imagenet2012 (benchmarks/imagenet_fixture.py).",
+    )
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory of --input-dataset.")
     parser.add_argument(
         "--compile-only",
         action="store_true",
@@ -212,23 +219,52 @@ def time_step(
 
 
 def time_input(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Images/s of the Fashion-MNIST training pipeline on the host: direct batches and the prefetching iterator."""
-    split = load_split("fashion_mnist", "train")
-    pipeline = InputPipeline(split, global_batch_size=args.batch_size, seed=0, train=True, augment=True)
+    """Images/s of a training input pipeline on the host (direct batches and the prefetching iterator); for
+    ImageNet also the cost per image of each stage: JPEG decode, the stored centre square, crop + resize."""
+    split = load_split(args.input_dataset, "train", data_dir=args.data_dir)
+    image_size = args.image_size if args.input_dataset == "imagenet2012" else None
+    pipeline = InputPipeline(
+        split, global_batch_size=args.batch_size, seed=0, train=True, augment=True, image_size=image_size
+    )
+    steps = min(args.input_steps, pipeline.steps_per_epoch)
     pipeline.host_batch(0)
     start = time.perf_counter()
-    for step in range(args.input_steps):
+    for step in range(steps):
         pipeline.host_batch(step)
-    direct = args.input_steps * args.batch_size / (time.perf_counter() - start)
+    direct = steps * args.batch_size / (time.perf_counter() - start)
     iterator = pipeline.iterate(0)
     next(iterator)
     start = time.perf_counter()
-    for _ in range(args.input_steps):
+    for _ in range(steps):
         next(iterator)
-    prefetched = args.input_steps * args.batch_size / (time.perf_counter() - start)
+    prefetched = steps * args.batch_size / (time.perf_counter() - start)
+    iterator.close()
+    rows = [
+        {"method": f"input {args.input_dataset}: host_batch", "images_per_second": direct, "device_kind": "host"},
+        {"method": f"input {args.input_dataset}: iterate", "images_per_second": prefetched, "device_kind": "host"},
+    ]
+    if args.input_dataset == "imagenet2012":
+        rows += imagenet_stage_costs(args.data_dir, count=min(len(split), 4 * args.batch_size), size=args.image_size)
+    return rows
+
+
+def imagenet_stage_costs(data_dir: str | None, *, count: int, size: int) -> list[dict[str, Any]]:
+    """Milliseconds per image of each stage of today's ImageNet path, one thread."""
+    source = tfds_sources.open_data_source("imagenet2012", "train", data_dir)
+    indices = np.arange(count)
+    start = time.perf_counter()
+    decoded = tfds_sources.read_images(source, indices)
+    decode_ms = 1000 * (time.perf_counter() - start) / count
+    start = time.perf_counter()
+    squares = np.stack([loaders.centre_square(image, loaders.IMAGENET_STORED_SIZE) for image in decoded])
+    square_ms = 1000 * (time.perf_counter() - start) / count
+    boxes = image_ops.random_resized_crop_boxes(np.random.default_rng(0), count, squares.shape[1])
+    start = time.perf_counter()
+    image_ops.crop_boxes_and_resize(squares, boxes, size)
+    crop_ms = 1000 * (time.perf_counter() - start) / count
     return [
-        {"method": "input: host_batch", "images_per_second": direct, "device_kind": "host"},
-        {"method": "input: iterate (prefetch)", "images_per_second": prefetched, "device_kind": "host"},
+        {"method": f"stage: {name}", "ms_per_image": value, "device_kind": "host"}
+        for name, value in (("decode", decode_ms), ("centre square", square_ms), ("crop + resize", crop_ms))
     ]
 
 
@@ -236,6 +272,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     columns = (
         "method",
         "step_ms",
+        "ms_per_image",
         "images_per_second",
         "ratio_to_erm",
         "mfu",
@@ -252,7 +289,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 cells.append("-")
             elif column in ("compiled_temp_bytes", "compiled_bytes_accessed", "peak_bytes_in_use"):
                 cells.append(f"{value / 2**20:.1f} MiB")
-            elif column in ("ratio_to_erm", "mfu"):
+            elif column in ("ratio_to_erm", "mfu", "ms_per_image"):
                 cells.append(f"{value:.3f}")
             elif isinstance(value, float):
                 cells.append(f"{value:,.1f}")

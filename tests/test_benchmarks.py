@@ -50,3 +50,16 @@ def test_one_pass_batch_norm_variances_read_less_memory(tmp_path):
     # The shifted form reads the activation once too (and one pixel of each example for the shift); XLA's CPU
     # estimate puts it 5 % above the plain one pass at this size (BENCHMARKS.md), still below two passes.
     assert accessed["shifted_one_pass"] < min(1.1 * accessed["one_pass"], accessed["two_pass"])
+
+
+@pytest.mark.slow
+def test_input_mode_on_the_imagenet_fixture_times_each_stage(tmp_path):
+    import imagenet_fixture
+
+    imagenet_fixture.build(str(tmp_path / "data"), train_examples=32, validation_examples=8)
+    flags = ["--mode", "input", "--input-dataset", "imagenet2012", "--data-dir", str(tmp_path / "data")]
+    rows = {row["method"]: row for row in run_benchmark(tmp_path, *flags, "--input-steps", "2")}
+    assert rows["input imagenet2012: host_batch"]["images_per_second"] > 0
+    assert rows["input imagenet2012: iterate"]["images_per_second"] > 0
+    stages = [rows[f"stage: {name}"]["ms_per_image"] for name in ("decode", "centre square", "crop + resize")]
+    assert all(0 < milliseconds < 1000 for milliseconds in stages)
