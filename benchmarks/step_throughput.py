@@ -8,8 +8,9 @@ Step mode builds each method with `hrrl_jax.train.run.build_trainer` (the functi
 one synthetic batch already on the devices, excludes compilation and warm-up, and reports the median over
 several timed windows (each ended by `block_until_ready`). The method `plain` times the same network in a
 minimal step (mean cross-entropy, SGD with Nesterov momentum, no metrics, no robust state): the floor
-that the trainer's ERM step is held against on the same device. Input mode times the Fashion-MNIST input
-pipeline with augmentation on the host, to tell whether input or compute bounds a run.
+that the trainer's ERM step is held against on the same device. Input mode times a training input pipeline
+with augmentation on the host (Fashion-MNIST, or `--input-dataset imagenet2012 --data-dir DIR`, e.g. the JPEG
+fixture of benchmarks/imagenet_fixture.py), to tell whether input or compute bounds a run.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base  # noqa: E402
-from hrrl_jax.data import DatasetInfo, InputPipeline, image_ops, load_split, loaders, tfds_sources  # noqa: E402  # noqa: E402
+from hrrl_jax.data import DatasetInfo, InputPipeline, image_ops, load_split, loaders, tfds_sources  # noqa: E402
 from hrrl_jax.data.hierarchy import cifar100_hierarchy, fashion_mnist_hierarchy, imagenet_hierarchy  # noqa: E402
 from hrrl_jax.models import BATCH_NORM_VARIANCES, count_flops, create_model  # noqa: E402
 from hrrl_jax.train.run import build_trainer  # noqa: E402

@@ -152,7 +152,8 @@ def durations_in_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) 
         if epochs is not None:
             section, _, key = steps_key.rpartition(".")
             node = resolved[section] if section else resolved
-            node[key] = max(1, math.ceil(epochs * steps_per_epoch)) if epochs > 0 else 0
+            # Rounded first, so that float error (1.1 x 100 = 110.00000000000001) does not add a step.
+            node[key] = max(1, math.ceil(round(epochs * steps_per_epoch, 6))) if epochs > 0 else 0
     return resolved
 
 

@@ -234,3 +234,9 @@ def test_a_fraction_of_an_epoch_rounds_up_and_zero_epochs_stay_zero():
     config.eval_every_epochs, config.checkpoint_every_epochs = 0.0, 0.001
     resolved = schema.durations_in_steps(config, steps_per_epoch=100)
     assert (resolved.eval_every_steps, resolved.checkpoint_every_steps) == (0, 1)
+
+
+def test_epochs_times_the_epoch_size_is_rounded_before_it_is_rounded_up():
+    config = schema.default_config()
+    config.num_epochs = 1.1  # 1.1 * 100 is 110.00000000000001 in floating point: still 110 steps.
+    assert schema.durations_in_steps(config, steps_per_epoch=100).total_steps == 110

@@ -28,6 +28,7 @@ import numpy as np
 
 from hrrl_jax.data import image_ops
 from hrrl_jax.data.split_data import SplitData
+from hrrl_jax.errors import DataError
 
 Batch = dict[str, Any]
 _ORDER_STREAM, _AUGMENT_STREAM = 0, 1
@@ -84,13 +85,13 @@ class InputPipeline:
 
         self._process_index, process_count = jax.process_index(), jax.process_count()
         if self.global_batch_size <= 0 or self.global_batch_size % process_count:
-            raise ValueError(
+            raise DataError(
                 f"global_batch_size must be a positive multiple of the process count "
                 f"{process_count}; got {global_batch_size}."
             )
         self.local_batch_size = self.global_batch_size // process_count
         if train and len(split) < self.global_batch_size:
-            raise ValueError(
+            raise DataError(
                 f"{self.info.name} has {len(split)} examples, fewer than global_batch_size "
                 f"{self.global_batch_size}; lower the batch size."
             )
@@ -101,7 +102,7 @@ class InputPipeline:
         labels = self.split.labels
         bad = np.flatnonzero((labels < 0) | (labels >= self.info.num_classes))
         if bad.size:
-            raise ValueError(
+            raise DataError(
                 f"label {labels[bad[0]]} of example {bad[0]} of {self.info.name} is outside the class range "
                 f"[0, {self.info.num_classes}) ({bad.size} such examples); fix the labels or the data "
                 "set's num_classes."
@@ -132,7 +133,7 @@ class InputPipeline:
         if step < 0:
             raise ValueError(f"step must be >= 0; got {step}.")
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise DataError(
                 f"{self.info.name} has {len(self.split)} examples, fewer than one batch of "
                 f"{self.global_batch_size}; lower the batch size."
             )

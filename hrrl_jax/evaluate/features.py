@@ -42,7 +42,7 @@ def load_trained_model(workdir: str) -> TrainedModel:
     """Rebuilds the model of the run in `workdir` from its config.json and latest checkpoint.
 
     The data set's description comes from its name (no image is read); the variables are restored through the
-    run's own checkpoint code, into the model's shapes, replicated over the local devices.
+    run's own checkpoint code, into the model's shapes, replicated over all devices.
     """
     directory = WorkDir(workdir)
     config = config_from_json(directory.read_config_dict())

@@ -60,7 +60,7 @@ def target_splits(config: ml_collections.ConfigDict, name: str) -> tuple[SplitDa
         full, kwargs = "digits", {}
     else:
         raise ValueError(f"Unknown comparison target {name!r}; use shift/<shift>, held_out or digits.")
-    data_dir = dataset.data_dir or None
+    data_dir = dataset.data_dir
     return (
         load_split(full, "train", data_dir=data_dir, **kwargs),
         load_split(full, "test", data_dir=data_dir, **kwargs),
@@ -104,13 +104,12 @@ def run_record(
     os.makedirs(run_directory.path, exist_ok=True)
     results = run_directory.read_results()
     if results is None:
-        outcome = train_and_evaluate(config, workdir)
-        if outcome.get("interrupted"):
+        results = train_and_evaluate(config, workdir)  # What it writes to results.json, on every process.
+        if results.get("interrupted"):
             raise ComparisonInterrupted(
-                f"The run in {workdir} stopped at step {outcome['step']} with a checkpoint; rerun the same "
+                f"The run in {workdir} stopped at step {results['step']} with a checkpoint; rerun the same "
                 "command to continue the comparison (finished runs are reused)."
             )
-        results = run_directory.read_results()
     transfer_path = run_directory.file("transfer.json")
     if os.path.exists(transfer_path):
         with open(transfer_path) as file:

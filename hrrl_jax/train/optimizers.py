@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import optax
 
+from hrrl_jax.errors import ConfigError
 from hrrl_jax.schema import OPTIMIZER_NAMES, SCHEDULE_NAMES, default_optimizer_config
 
 __all__ = ["OPTIMIZER_NAMES", "SCHEDULE_NAMES", "default_optimizer_config", "kernel_decay_mask", "make_optimizer"]
@@ -43,7 +44,7 @@ def _check_keys(optimizer_config: ml_collections.ConfigDict) -> None:
 
 def _check_range(key: str, value: float, ok: bool, requirement: str) -> None:
     if not ok:
-        raise ValueError(f"config.optimizer.{key} must be {requirement}, got {value!r}.")
+        raise ConfigError(f"config.optimizer.{key} must be {requirement}, got {value!r}.")
 
 
 def make_schedule(optimizer_config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:

@@ -13,6 +13,7 @@ import pytest
 
 from hrrl_jax import robust
 from hrrl_jax.data import load_data
+from hrrl_jax.errors import ConfigError
 from hrrl_jax.train.loop import NonFiniteLossError, train_and_evaluate
 from hrrl_jax.train.run import build_run
 from hrrl_jax.workdir import CheckpointError, WorkDir
@@ -179,3 +180,10 @@ def test_eight_devices_match_one_device_on_older_instruction_sets(isa):
     result = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "2 passed" in result.stdout
+
+
+def test_a_warm_up_longer_than_the_run_in_epochs_is_a_config_error_before_training(tmp_path):
+    config = tiny_config(num_epochs=1.0, optimizer__warmup_epochs=2.0)
+    with pytest.raises(ConfigError, match="config.optimizer.warmup_steps"):
+        train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
