@@ -2,7 +2,7 @@
 
 from hrrl_jax.data.hierarchy import ConceptHierarchy
 from hrrl_jax.data.pipeline import InputPipeline
-from hrrl_jax.data.registry import describe_dataset, load_data, load_split
+from hrrl_jax.data.registry import describe_dataset, image_side, load_data, load_split
 from hrrl_jax.data.shifts import KNOWN_SHIFTS, apply_shift
 from hrrl_jax.data.split_data import DatasetInfo, SplitData
 from hrrl_jax.schema import KNOWN_DATASETS
@@ -16,6 +16,7 @@ __all__ = [
     "SplitData",
     "apply_shift",
     "describe_dataset",
+    "image_side",
     "load_data",
     "load_split",
 ]

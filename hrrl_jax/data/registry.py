@@ -146,6 +146,11 @@ def load_split(
     return split_data
 
 
+def image_side(config: ml_collections.ConfigDict, info: DatasetInfo) -> int:
+    """The side of the images a run of `config` builds its model for: `dataset.image_size`, else the stored one."""
+    return info.image_shape[0] if config.dataset.image_size is None else int(config.dataset.image_size)
+
+
 def load_data(config: ml_collections.ConfigDict) -> tuple[SplitData, SplitData]:
     """The train and test splits named by `config.dataset` (a resolved hrrl_jax config)."""
     dataset = config.dataset

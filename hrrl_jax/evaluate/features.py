@@ -21,7 +21,15 @@ import ml_collections
 import numpy as np
 
 from hrrl_jax.config_checks import config_from_json
-from hrrl_jax.data import ConceptHierarchy, DatasetInfo, InputPipeline, SplitData, describe_dataset, load_split
+from hrrl_jax.data import (
+    ConceptHierarchy,
+    DatasetInfo,
+    InputPipeline,
+    SplitData,
+    describe_dataset,
+    image_side,
+    load_split,
+)
 from hrrl_jax.mesh import data_parallel_mesh
 from hrrl_jax.models import configured_model
 from hrrl_jax.workdir import Checkpointer, WorkDir
@@ -54,7 +62,7 @@ def load_trained_model(workdir: str) -> TrainedModel:
         dataset.name, exclude_classes=tuple(dataset.exclude_classes), only_classes=tuple(dataset.only_classes)
     )
     model = configured_model(config, source_info.num_classes)
-    side = dataset.image_size or source_info.image_shape[0]
+    side = image_side(config, source_info)
     images = jax.ShapeDtypeStruct((1, side, side, source_info.image_shape[2]), jnp.float32)
     abstract_variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
     _, _, replicated = data_parallel_mesh()
@@ -64,12 +72,6 @@ def load_trained_model(workdir: str) -> TrainedModel:
     finally:
         checkpointer.close()
     return TrainedModel(config=config, info=source_info, model=model, variables=variables, step=step)
-
-
-def source_image_size(trained: TrainedModel) -> int:
-    """The side of the images the model was trained on."""
-    image_size = trained.config.dataset.image_size
-    return trained.info.image_shape[0] if image_size is None else image_size
 
 
 def extract_features(
@@ -83,7 +85,7 @@ def extract_features(
         global_batch_size=batch_size,
         seed=0,
         train=False,
-        image_size=source_image_size(trained),
+        image_size=image_side(trained.config, trained.info),
         sharding=data_sharding,
     )
     variables = jax.device_put(trained.variables, replicated)

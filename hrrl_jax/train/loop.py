@@ -38,7 +38,8 @@ def train_and_evaluate(
     is_main_process = jax.process_index() == 0
     run = build_run(config)
     state, hierarchy, info = run.trainer.state, run.hierarchy, run.info
-    total_steps, durations = run.total_steps, run.config  # Durations in steps, whether given in steps or epochs.
+    durations = run.config  # Durations in steps, whether given in steps or epochs.
+    total_steps = durations.total_steps
 
     checkpointer = Checkpointer(directory.checkpoints, keep=config.keep_checkpoints)
     start_step = 0

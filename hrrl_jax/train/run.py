@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from hrrl_jax.data import ConceptHierarchy, DatasetInfo, InputPipeline, SplitData, load_data
+from hrrl_jax.data import ConceptHierarchy, DatasetInfo, InputPipeline, SplitData, image_side, load_data
 from hrrl_jax.mesh import DataParallelMesh, data_parallel_mesh
 from hrrl_jax.models import configured_model
 from hrrl_jax.schema import durations_in_steps
@@ -51,7 +51,6 @@ class Run:
     concept_sizes: np.ndarray
     train_pipeline: InputPipeline
     eval_pipeline: InputPipeline
-    total_steps: int
     trainer: Trainer
 
 
@@ -71,15 +70,14 @@ def build_trainer(
     concept_sizes: np.ndarray,
     *,
     total_steps: int,
-    devices: list[jax.Device] | None = None,
     mesh: DataParallelMesh | None = None,
 ) -> Trainer:
-    """Model, optimizer chain, state and jitted steps for data described by `info`, on `mesh` if given, else on a
-    mesh over `devices` (default: all)."""
-    _, data_sharding, replicated = mesh if mesh is not None else data_parallel_mesh(devices)
+    """Model, optimizer chain, state and jitted steps for data described by `info`, on `mesh` (default: all
+    devices)."""
+    _, data_sharding, replicated = mesh if mesh is not None else data_parallel_mesh()
     model = configured_model(config, info.num_classes)
     tx, objective, learning_rate_fn = make_optimizer_chain(config, info.hierarchy, concept_sizes, total_steps)
-    side = info.image_shape[0] if config.dataset.image_size is None else config.dataset.image_size
+    side = image_side(config, info)
     state = init_train_state(
         model, tx, image_shape=(side, side, info.image_shape[2]), seed=config.seed, replicated=replicated
     )
@@ -154,6 +152,5 @@ def build_run(
         concept_sizes=concept_sizes,
         train_pipeline=train_pipeline,
         eval_pipeline=eval_pipeline,
-        total_steps=total_steps,
         trainer=trainer,
     )
