@@ -185,6 +185,7 @@ def test_the_library_core_knows_the_same_divergences_and_priors():
     options = {
         "divergence": "l2",
         "lam": 1.0,
+        "floor": 0.0,
         "cost": None,
         "temperature": None,
         "example_level": "none",

@@ -12,6 +12,7 @@ arrays by value on every jit call would cost more than it saves).
 
 import dataclasses
 import math
+import numbers
 from typing import Any, Literal
 
 import jax
@@ -19,6 +20,7 @@ import numpy as np
 
 from hrrl_jax.robust._checks import check_positive
 from hrrl_jax.robust.concept_level import DIVERGENCES, Divergence
+from hrrl_jax.robust.schedules import Hyperparameter, check_hyperparameter
 
 # The transform's own example levels; the trainer's config (hrrl_jax/schema.py) has reweight | perturb.
 TRANSFORM_EXAMPLE_LEVELS = ("reweight", "none")
@@ -30,19 +32,21 @@ class ReweightingSettings:
     """Static configuration of a ``hierarchical_reweighting`` transform (compared by identity).
 
     ``concept_sizes`` are the counts ``n_k`` (float32 ``[K]``), ``prior`` the resolved ``q`` (float32
-    ``[K]``); the other fields are the transform's arguments of the same names.
+    ``[K]``); the other fields are the transform's arguments of the same names (``lam``, ``gamma`` and
+    ``example_temperature`` a float or the schedule as given).
     """
 
     concept_of_class: np.ndarray
     concept_sizes: np.ndarray
     prior: np.ndarray
     divergence: Divergence
-    lam: float
+    lam: Hyperparameter
+    floor: float
     cost: np.ndarray | None
     temperature: float | None
     example_level: Literal["reweight", "none"]
-    gamma: float
-    example_temperature: float
+    gamma: Hyperparameter
+    example_temperature: Hyperparameter
     radius: float | None
     step_offset: float
     constant_step: float | None
@@ -93,7 +97,10 @@ def make_settings(concept_of_class: Any, concept_sizes: Any, **options: Any) -> 
     _check_choice("example_level", options["example_level"], TRANSFORM_EXAMPLE_LEVELS)
     _check_choice("accumulate", options["accumulate"], ACCUMULATIONS)
     for name in ("lam", "gamma", "example_temperature"):
-        check_positive(name, options[name])
+        check_hyperparameter(name, options[name])
+    floor = options["floor"]
+    if isinstance(floor, bool) or not isinstance(floor, numbers.Real) or not 0 <= floor < 1:
+        raise ValueError(f"floor (rho) must be a number in [0, 1), got {floor!r}; 0 leaves p = p* unchanged.")
     for name in ("temperature", "radius"):
         if options[name] is not None:
             check_positive(name, options[name])
@@ -123,12 +130,18 @@ def make_settings(concept_of_class: Any, concept_sizes: Any, **options: Any) -> 
         concept_sizes=concept_sizes.astype(np.float32),
         prior=prior,
         cost=cost,
-        lam=float(options.pop("lam")),
-        gamma=float(options.pop("gamma")),
-        example_temperature=float(options.pop("example_temperature")),
+        lam=_number_or_schedule(options.pop("lam")),
+        floor=float(options.pop("floor")),
+        gamma=_number_or_schedule(options.pop("gamma")),
+        example_temperature=_number_or_schedule(options.pop("example_temperature")),
         step_offset=float(options.pop("step_offset")),
         **options,
     )
+
+
+def _number_or_schedule(value: Hyperparameter) -> Hyperparameter:
+    """A number as a Python float; a schedule as given."""
+    return value if callable(value) else float(value)
 
 
 def _resolve_prior(prior: Any, concept_sizes: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from hrrl_jax.robust._sharding import replicated
 from hrrl_jax.robust.concept_level import Divergence, concept_best_response
 from hrrl_jax.robust.estimators import concept_loss_estimate
 from hrrl_jax.robust.example_level import example_weights
+from hrrl_jax.robust.schedules import Hyperparameter, hyperparameter_at
 from hrrl_jax.robust.settings import ReweightingSettings, make_settings
 
 
@@ -42,13 +43,14 @@ def hierarchical_reweighting(
     concept_sizes: Any,
     *,
     divergence: Divergence = "l2",
-    lam: float = 1.0,
+    lam: Hyperparameter = 1.0,
+    floor: float = 0.0,
     prior: Literal["uniform", "empirical"] | Any = "uniform",
     cost: Any | None = None,
     temperature: float | None = None,
     example_level: Literal["reweight", "none"] = "reweight",
-    gamma: float = 1.0,
-    example_temperature: float = 1.0,
+    gamma: Hyperparameter = 1.0,
+    example_temperature: Hyperparameter = 1.0,
     step_offset: float = 0.0,
     constant_step: float | None = None,
     accumulate: Literal["mean", "sum"] = "mean",
@@ -58,16 +60,32 @@ def hierarchical_reweighting(
 
     Objective: ``min_θ max_{p∈Δ_K} Σ_k p_k R_k(θ) − λ D(p, q)`` with ``R_k`` the example-level
     worst-case loss inside concept ``k``. The concept distribution is the closed-form best response
-    ``p_t = p*(f̄_t)`` (:func:`concept_best_response`) to the adversary's concept losses, updated by
-    dual averaging ``f̄_{t+1} = (1 − α_t) f̄_t + α_t f̂``, ``α_t = 1/(t + 1 + t0)`` (or a constant α),
-    with ``f̂`` the unbiased minibatch estimate (:func:`concept_loss_estimate`).
+    ``p_t = (1 − ρ) p*(f̄_t; λ_t) + ρ q`` (:func:`concept_best_response`, floor ``ρ``, default 0) to the
+    adversary's concept losses, updated by dual averaging ``f̄_{t+1} = (1 − α_t) f̄_t + α_t f̂``,
+    ``α_t = 1/(t + 1 + t0)`` (or a constant α), with ``f̂`` the unbiased minibatch estimate
+    (:func:`concept_loss_estimate`). ``t`` is the state's step count (updates so far).
+
+    Schedules: ``lam``, ``gamma`` and ``example_temperature`` each take a number or an optax-style schedule
+    ``t -> value`` read at ``t`` wherever the value is used: ``λ_t`` in :func:`concept_distribution` (hence
+    :func:`loss_weights`), ``γ_t`` and ``τ_e,t`` in the example weights of :func:`loss_weights` and of
+    ``update`` (the same ``t`` in both within a step). ``λ_t = inf`` gives ``p_t = q``: a schedule that is
+    ``inf`` for the first ``T`` steps defers the concept level, a decreasing one anneals it. A schedule is
+    checked here at every step from 0 to 1024 and at 2^k and 1.5·2^k up to 2^24
+    (:data:`hrrl_jax.robust.schedules.SCHEDULE_CHECK_STEPS`); a value ``<= 0`` or NaN raises ``ValueError``
+    naming the argument and the step.
+
+    Floor: ``ρ ∈ [0, 1)`` mixes ``p_t = (1 − ρ) p* + ρ q``, so ``p_t,k >= ρ q_k`` for every concept
+    (ε-contamination of the prior). It is the exact best response of an adversary restricted to
+    ``{(1 − ρ) p' + ρ q : p' ∈ Δ_K}`` with penalty ``(1 − ρ) λ D(p', q)``, and the weights keep their
+    form, so they stay unbiased.
 
     Special cases: ERM (``lam=inf``, ``prior="empirical"``, ``example_level="none"``: all weights 1),
     EL (``divergence="none"``), CL (``example_level="none"``), HRRL (both). Group DRO (Sagawa et al.,
     "Distributionally Robust Neural Networks", ICLR 2020): ``accumulate="sum"``, ``divergence="kl"``,
     ``lam=1/η`` gives ``p ∝ q · exp(η Σ_s f̂_s)``, its exponentiated-gradient adversary on the concept
     simplex, with one difference: ``f̂`` is the unbiased importance-weighted estimate, not Group DRO's
-    per-group batch mean.
+    per-group batch mean. The same adversary on running means is ``accumulate="mean"``, ``divergence="kl"``,
+    ``lam=lambda t: 1 / (η t)`` (``inf`` at ``t = 0``): Group DRO is a ``kl`` response with an annealed λ.
 
     ``update(updates, state, params=None, *, per_example_loss, labels, features=None, **extra_args)``
     returns ``updates`` unchanged and advances the state; ``features`` is required with
@@ -81,7 +99,9 @@ def hierarchical_reweighting(
       concept_of_class: ``c``: integer ``[C]``, concept id in ``[0, K)`` of each class.
       concept_sizes: ``n_k``: training examples per concept, ``[K]``, all positive.
       divergence: ``"l2"``, ``"kl"``, ``"wasserstein"`` or ``"none"`` (``p = q``).
-      lam: ``λ > 0``; ``inf`` gives ``p = q``. Smaller is a stronger concept-level adversary.
+      lam: ``λ > 0`` or a schedule ``t -> λ_t``; ``inf`` gives ``p = q``. Smaller is a stronger
+        concept-level adversary.
+      floor: ``ρ ∈ [0, 1)``: ``p = (1 − ρ) p* + ρ q``; 0 (the default) leaves ``p = p*``.
       prior: ``q``: ``"uniform"``, ``"empirical"`` (``n_k/N``) or an explicit ``[K]`` distribution.
       cost: ``[K, K]`` ground cost between concepts for ``"wasserstein"`` (default ``1 − I``);
         ignored by the other divergences.
@@ -89,8 +109,9 @@ def hierarchical_reweighting(
       example_level: ``"reweight"`` (within-class Wasserstein weights ``v``) or ``"none"`` (``v ≡ 1``).
         The ``perturb`` form changes the loss, not the weights: apply :func:`perturb_features` inside
         the loss, pass its per-example losses, and use ``"none"`` here.
-      gamma: ``γ > 0`` of the example level (``inf`` gives ``v ≡ 1``); replaced by ``radius`` if set.
-      example_temperature: ``τ_e > 0`` of the example level.
+      gamma: ``γ > 0`` of the example level (``inf`` gives ``v ≡ 1``), or a schedule ``t -> γ_t``;
+        replaced by ``radius`` if set.
+      example_temperature: ``τ_e > 0`` of the example level, or a schedule ``t -> τ_e,t``.
       step_offset: ``t0 >= 0`` in ``α_t = 1/(t + 1 + t0)``.
       constant_step: a constant ``α`` in ``(0, 1]`` instead (tracks non-stationary losses).
       accumulate: ``"mean"`` (dual averaging) or ``"sum"`` (cumulative losses, Group DRO).
@@ -104,6 +125,7 @@ def hierarchical_reweighting(
         concept_sizes,
         divergence=divergence,
         lam=lam,
+        floor=floor,
         prior=prior,
         cost=cost,
         temperature=temperature,
@@ -141,7 +163,7 @@ def hierarchical_reweighting(
             labels,
             settings.concept_of_class,
             settings.concept_sizes,
-            weights=_example_level_weights(settings, per_example_loss, features, labels),
+            weights=_example_level_weights(settings, per_example_loss, features, labels, state.step),
         )
         if settings.accumulate == "sum":
             concept_losses = state.concept_losses + estimate
@@ -178,17 +200,24 @@ def find_reweighting_state(opt_state: Any) -> HierarchicalReweightingState:
 
 
 def concept_distribution(opt_state: Any) -> jax.Array:
-    """The adversary's current concept distribution ``p_t = p*(f̄_t)``, float32 ``[K]``."""
+    """The adversary's current concept distribution ``p_t = (1 − ρ) p*(f̄_t; λ_t) + ρ q``, float32 ``[K]``.
+
+    ``t`` is the state's step count, ``λ_t`` the value of ``lam`` there (the number itself if it is one),
+    ``ρ`` the floor (with ``ρ = 0``, exactly ``p*(f̄_t; λ_t)``).
+    """
     state = find_reweighting_state(opt_state)
     settings = state.settings
-    return concept_best_response(
+    distribution = concept_best_response(
         state.concept_losses,
         settings.prior,
         divergence=settings.divergence,
-        lam=settings.lam,
+        lam=hyperparameter_at(settings.lam, state.step),
         cost=settings.cost,
         temperature=settings.temperature,
     )
+    if settings.floor == 0:
+        return distribution
+    return (1.0 - settings.floor) * distribution + settings.floor * jnp.asarray(settings.prior)
 
 
 def loss_weights(
@@ -222,29 +251,30 @@ def loss_weights(
     concept = jnp.asarray(settings.concept_of_class)[labels]
     concept_sizes = jnp.asarray(settings.concept_sizes, jnp.float32)
     weights = concept_distribution(opt_state)[concept] * (jnp.sum(concept_sizes) / concept_sizes[concept])
-    example_level = _example_level_weights(settings, per_example_loss, features, labels)
+    example_level = _example_level_weights(settings, per_example_loss, features, labels, state.step)
     if example_level is not None:
         weights = weights * example_level
     return jax.lax.stop_gradient(weights.astype(jnp.float32))
 
 
 def _example_level_weights(
-    settings: ReweightingSettings, per_example_loss: jax.Array, features: jax.Array | None, labels: jax.Array
+    settings: ReweightingSettings,
+    per_example_loss: jax.Array,
+    features: jax.Array | None,
+    labels: jax.Array,
+    step: jax.Array,
 ) -> jax.Array | None:
-    """The example weights ``v`` (docs/method.md §3), or ``None`` for ``example_level="none"``."""
+    """The example weights ``v`` (docs/method.md §3) with ``γ_t``, ``τ_e,t`` at ``step``, or ``None`` for
+    ``example_level="none"``."""
     if settings.example_level == "none":
         return None
+    temperature = hyperparameter_at(settings.example_temperature, step)
     if settings.radius is not None:
         return example_weights(
-            per_example_loss,
-            features,
-            labels,
-            gamma=None,
-            temperature=settings.example_temperature,
-            radius=settings.radius,
+            per_example_loss, features, labels, gamma=None, temperature=temperature, radius=settings.radius
         )
     return example_weights(
-        per_example_loss, features, labels, gamma=settings.gamma, temperature=settings.example_temperature
+        per_example_loss, features, labels, gamma=hyperparameter_at(settings.gamma, step), temperature=temperature
     )
 
 

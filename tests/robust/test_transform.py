@@ -146,6 +146,57 @@ def test_special_cases_erm_and_prior_only():
         np.testing.assert_allclose(concept_distribution(state), prior, atol=1e-6)
 
 
+def test_floor_mixes_the_prior_into_p_hand_computed():
+    tx = hierarchical_reweighting(
+        CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="l2", lam=1.0, floor=0.2, example_level="none"
+    )
+    state = tx.init({})._replace(concept_losses=jnp.array([2.0, 0.0, 0.0, 0.0]))
+    # p* = Π_Δ(q + f/λ) = Π_Δ([2.25, 0.25, 0.25, 0.25]) = [1, 0, 0, 0]; p = 0.8 p* + 0.2 q.
+    np.testing.assert_allclose(concept_distribution(state), [0.85, 0.05, 0.05, 0.05], rtol=1e-6)
+    labels = jnp.array([0, 2, 3, 5])  # One class of each concept: w = p_k · N/n_k, N = 100.
+    np.testing.assert_allclose(
+        loss_weights(state, labels), [0.85 * 2.5, 0.05 * 10, 0.05 * 100 / 30, 0.05 * 5], rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("divergence", ["l2", "kl", "wasserstein"])
+def test_floor_keeps_every_concept_at_least_rho_times_its_prior(divergence):
+    prior = np.array([0.1, 0.2, 0.3, 0.4])
+    rng = np.random.default_rng(0)
+    concept_losses = jnp.asarray(rng.uniform(0.0, 3.0, (50, 4)), jnp.float32)
+    for floor in (0.1, 0.5, 0.9):
+        tx = hierarchical_reweighting(
+            CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence=divergence, lam=0.05, floor=floor, prior=prior
+        )
+        unfloored = hierarchical_reweighting(
+            CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence=divergence, lam=0.05, prior=prior
+        )
+        for losses in concept_losses:
+            p = np.asarray(concept_distribution(tx.init({})._replace(concept_losses=losses)))
+            p_star = np.asarray(concept_distribution(unfloored.init({})._replace(concept_losses=losses)))
+            assert np.all(p >= floor * prior * (1 - 1e-6)), (floor, p)
+            np.testing.assert_allclose(p, (1 - floor) * p_star + floor * prior, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-6)
+    if divergence == "l2":  # λ = 0.05 leaves p* sparse, so some concept sits exactly on its floor.
+        assert np.any(np.isclose(p, 0.9 * prior, rtol=1e-6))
+
+
+def test_floor_zero_is_the_unfloored_best_response_bit_for_bit():
+    for divergence in ("l2", "kl", "wasserstein", "none"):
+        tx = hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence=divergence, lam=0.3, floor=0.0)
+        state, _ = _run_updates(tx, 3)
+        expected = concept_best_response(
+            state.concept_losses, state.settings.prior, divergence=divergence, lam=0.3, cost=None, temperature=None
+        )
+        np.testing.assert_array_equal(concept_distribution(state), expected)
+
+
+@pytest.mark.parametrize("floor", [-0.1, 1.0, 1.5, float("nan"), True, "0.1"])
+def test_floor_outside_zero_one_is_refused(floor):
+    with pytest.raises(ValueError, match=r"floor \(rho\) must be a number in \[0, 1\), got"):
+        hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, floor=floor)
+
+
 def test_state_is_found_in_nested_optimizer_states():
     update_loss, update_labels, update_features = _batch(0)  # the batch _run_updates applies first
     extra_args = {"per_example_loss": update_loss, "labels": update_labels, "features": update_features}
