@@ -23,6 +23,7 @@ from hrrl_jax.schema import (
     EXAMPLE_LEVELS,
     KNOWN_DATASETS,
     KNOWN_SHIFTS,
+    LAM_SCHEDULES,
     MODEL_NAMES,
     OPTIMIZER_NAMES,
     PRECISION_NAMES,
@@ -178,6 +179,9 @@ RULES: dict[str, Check] = {
     "robust.method": _one_of(ROBUST_METHODS),
     "robust.divergence": _one_of(DIVERGENCES),
     "robust.lam": _POSITIVE_OR_INF,
+    "robust.lam_schedule": _one_of(LAM_SCHEDULES),
+    "robust.lam_schedule_steps": _NON_NEGATIVE_INTEGER,  # Positive with defer or anneal: see _check_relations.
+    "robust.floor": _IN_UNIT_INTERVAL,
     "robust.prior": _one_of(PRIORS),
     "robust.cost": _optional(_concept_cost),
     "robust.temperature": _POSITIVE_OR_INF,
@@ -270,6 +274,12 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
                 f"{config['total_steps']}; shorten the warm-up or train longer."
             )
     robust = config["robust"]
+    if robust["lam_schedule"] != "constant" and robust["lam_schedule_steps"] < 1:
+        raise ConfigError(
+            f"config.robust.lam_schedule_steps={robust['lam_schedule_steps']!r}: must be a positive integer with "
+            f"config.robust.lam_schedule={robust['lam_schedule']!r} (the step T from which λ is lam); set it, or use "
+            "lam_schedule='constant'."
+        )
     if robust["method"] == "group_dro" and robust["constant_step"] is not None:
         raise ConfigError(
             f"config.robust.constant_step={robust['constant_step']!r}: group_dro accumulates losses (sums), and a "

@@ -20,6 +20,7 @@ from ml_collections import config_dict
 ROBUST_METHODS = ("erm", "el", "cl", "hrrl", "group_dro")
 EXAMPLE_LEVELS = ("reweight", "perturb")  # The trainer's; the library's transform knows reweight | none.
 DIVERGENCES = ("l2", "kl", "wasserstein", "none")  # Concept level; none: no concept-level reweighting.
+LAM_SCHEDULES = ("constant", "defer", "anneal")  # λ_t of the concept level: default_robust_config says each.
 PRIORS = ("uniform", "empirical")
 CONCEPT_COSTS = ("hierarchy",)  # Besides None (the 0/1 cost 1 - I) and the path of a .npy/.csv K x K matrix.
 OPTIMIZER_NAMES = ("sgd", "adamw")
@@ -46,6 +47,12 @@ def default_robust_config() -> ml_collections.ConfigDict:
     config.method = "erm"  # erm | el | cl | hrrl | group_dro.
     config.divergence = "l2"  # Concept level: l2 | kl | wasserstein | none.
     config.lam = 1.0  # Concept-level penalty λ; smaller = more adversarial.
+    # λ_t over the adversary's steps t, with T = lam_schedule_steps: constant (λ_t = lam) | defer (inf, i.e. p = q,
+    # for t < T, then lam) | anneal (lam · T/t for 1 <= t < T, inf at t = 0, then lam). cl and hrrl; group_dro keeps
+    # its own λ = 1/η.
+    config.lam_schedule = "constant"
+    config.lam_schedule_steps = 0  # T of `defer` and `anneal` (then a positive integer); unused by `constant`.
+    config.floor = 0.0  # ρ in [0, 1): p = (1 - ρ) p* + ρ q keeps every concept >= ρ q_k (cl, hrrl, group_dro).
     config.prior = "uniform"  # uniform | empirical.
     config.cost = _unset()  # Concept ground cost for `wasserstein`: None (1 - I), "hierarchy", or a .npy/.csv file.
     config.temperature = 0.1  # τ_c of the entropic `wasserstein` response.

@@ -87,6 +87,12 @@ def test_the_rules_cover_every_key_and_the_defaults_pass():
         ({"robust__constant_step": 2.0}, "robust.constant_step"),
         ({"robust__method": "group_dro", "robust__constant_step": 0.5}, "robust.constant_step"),
         ({"robust__perturb_steps": 0}, "robust.perturb_steps"),
+        ({"robust__floor": 1.0}, "robust.floor"),
+        ({"robust__floor": -0.1}, "robust.floor"),
+        ({"robust__lam_schedule": "cosine"}, "robust.lam_schedule"),
+        ({"robust__lam_schedule_steps": -1}, "robust.lam_schedule_steps"),
+        ({"robust__lam_schedule": "defer"}, "robust.lam_schedule_steps"),  # T = 0 with a schedule.
+        ({"robust__lam_schedule": "anneal", "robust__lam_schedule_steps": 0}, "robust.lam_schedule_steps"),
         ({"model__name": "resnet7"}, "model.name"),
         ({"model__width": 0}, "model.width"),
         ({"model__stem": "big"}, "model.stem"),
@@ -119,6 +125,8 @@ def test_valid_corner_values_pass():
         with_values(robust__lam=math.inf, eval_every_steps=0, dataset__name="digits_shift/blur")
     )
     config_checks.validate_config(with_values(robust__cost="hierarchy", optimizer__grad_clip_norm=1, num_epochs=0.5))
+    config_checks.validate_config(with_values(robust__lam_schedule="anneal", robust__lam_schedule_steps=300))
+    config_checks.validate_config(with_values(robust__floor=0.5, robust__lam_schedule_steps=7))  # Unused T is fine.
 
 
 def test_unknown_and_missing_keys_are_named():

@@ -9,14 +9,17 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 from hrrl_jax import robust
-from hrrl_jax.schema import EXAMPLE_LEVELS, ROBUST_METHODS, default_robust_config
+from hrrl_jax.robust.schedules import Hyperparameter
+from hrrl_jax.schema import EXAMPLE_LEVELS, LAM_SCHEDULES, ROBUST_METHODS, default_robust_config
 
-__all__ = ["EXAMPLE_LEVELS", "ROBUST_METHODS", "Objective", "build_objective", "default_robust_config"]
+__all__ = ["EXAMPLE_LEVELS", "ROBUST_METHODS", "Objective", "build_objective", "default_robust_config", "lam_schedule"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,9 @@ def build_objective(
 
     erm: no transform. el: example level only (empirical prior, so concept weights are 1). cl: concept
     level only. hrrl: both. group_dro: `kl` on cumulative losses with λ = 1/η (Sagawa et al. 2020).
+    cl and hrrl play λ_t of `robust.lam_schedule` (`lam_schedule`); group_dro keeps its λ = 1/η, whose
+    annealing is in its cumulative losses. The floor ρ (`robust.floor`) applies to every method with a
+    concept level: cl, hrrl and group_dro.
     """
     method = config.method
     if method not in ROBUST_METHODS:
@@ -47,6 +53,10 @@ def build_objective(
     if config.example_level not in EXAMPLE_LEVELS:
         raise ValueError(
             f"config.robust.example_level={config.example_level!r} is not known; choose one of {EXAMPLE_LEVELS}."
+        )
+    if config.lam_schedule not in LAM_SCHEDULES:
+        raise ValueError(
+            f"config.robust.lam_schedule={config.lam_schedule!r} is not known; choose one of {LAM_SCHEDULES}."
         )
     if method == "erm":
         return Objective(method=method, reweights=False), None
@@ -57,7 +67,8 @@ def build_objective(
     concept_level = method in ("cl", "hrrl", "group_dro")
     transform_args = dict(
         divergence=config.divergence if concept_level else "none",
-        lam=config.lam,
+        lam=lam_schedule(config.lam, config.lam_schedule, config.lam_schedule_steps),
+        floor=config.floor if concept_level else 0.0,
         prior=config.prior if concept_level else "empirical",
         cost=_concept_cost(config.cost, len(concept_sizes)),
         temperature=config.temperature,
@@ -78,6 +89,25 @@ def build_objective(
         perturb_steps=config.perturb_steps,
     )
     return objective, transform
+
+
+def lam_schedule(lam: float, schedule: str, steps: int) -> Hyperparameter:
+    """λ_t of `robust.lam_schedule` for the transform's `lam`: the number `lam` itself for "constant", else a
+    function of the adversary's step t with T = `steps`.
+
+    defer: λ_t = inf (p = q) for t < T, then lam. anneal: λ_t = lam · T/t for 1 <= t < T (inf at t = 0), then lam;
+    Group DRO's λ ∝ 1/t (docs/method.md §2), truncated at lam.
+    """
+    if schedule == "constant":
+        return lam
+
+    def deferred(step: jax.Array) -> jax.Array:
+        return jnp.where(step < steps, jnp.inf, lam)
+
+    def annealed(step: jax.Array) -> jax.Array:
+        return jnp.where(step < steps, lam * steps / jnp.asarray(step, jnp.float32), lam)
+
+    return deferred if schedule == "defer" else annealed
 
 
 def _concept_cost(cost: str | None, num_concepts: int) -> np.ndarray | None:

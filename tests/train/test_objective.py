@@ -41,6 +41,39 @@ def test_each_method_maps_to_its_special_case():
     assert group_dro.divergence == "kl" and group_dro.accumulate == "sum" and math.isclose(group_dro.lam, 100.0)
 
 
+def test_floor_goes_to_every_method_with_a_concept_level():
+    for method in ("cl", "hrrl", "group_dro"):
+        assert settings_for(method=method, floor=0.3)[1].floor == 0.3, method
+    assert settings_for(method="el", floor=0.3)[1].floor == 0.0  # p = q already: nothing to floor.
+
+
+def test_lam_schedules_defer_and_anneal_and_group_dro_keeps_its_own_lambda():
+    _, constant = settings_for(method="cl", lam=0.5)
+    assert constant.lam == 0.5 and isinstance(constant.lam, float)
+    steps = jnp.array([0, 1, 5, 9, 10, 11, 1000])
+    _, deferred = settings_for(method="hrrl", lam=0.5, lam_schedule="defer", lam_schedule_steps=10)
+    np.testing.assert_array_equal(jax.vmap(deferred.lam)(steps), [np.inf] * 4 + [0.5] * 3)
+    _, annealed = settings_for(method="cl", lam=0.5, lam_schedule="anneal", lam_schedule_steps=10)
+    np.testing.assert_allclose(jax.vmap(annealed.lam)(steps), [np.inf, 5.0, 1.0, 5 / 9, 0.5, 0.5, 0.5], rtol=1e-7)
+    _, group_dro = settings_for(method="group_dro", group_dro_eta=0.01, lam_schedule="defer", lam_schedule_steps=10)
+    assert group_dro.lam == 100.0
+
+
+def test_a_deferred_cl_run_starts_at_the_prior_and_leaves_it():
+    config = default_robust_config()
+    config.update(method="cl", lam=0.1, lam_schedule="defer", lam_schedule_steps=2)
+    _, transform = build_objective(config, CONCEPT_OF_CLASS, CONCEPT_SIZES)
+    state = transform.init({})
+    labels = jnp.array([0, 1, 2, 3, 4, 2])
+    loss = jnp.array([0.1, 0.2, 3.0, 0.3, 0.1, 2.5])
+    distributions = []
+    for _ in range(3):
+        distributions.append(np.asarray(robust.concept_distribution(state)))
+        _, state = transform.update({}, state, per_example_loss=loss, labels=labels)
+    np.testing.assert_allclose(distributions[:2], np.full((2, 3), 1 / 3), atol=1e-7)  # λ = inf: p = q.
+    assert distributions[2][1] > 0.9  # λ = 0.1 from step 2: concept 1 (class 2) has by far the largest loss.
+
+
 def test_perturb_form_changes_the_loss_not_the_weights():
     objective, settings = settings_for(method="el", example_level="perturb", gamma=2.0)
     assert objective.perturb_gamma == 2.0 and settings.example_level == "none"
