@@ -18,7 +18,7 @@ import ml_collections
 from ml_collections import config_dict
 
 ROBUST_METHODS = ("erm", "el", "cl", "hrrl", "group_dro")
-EXAMPLE_LEVELS = ("reweight", "perturb")  # The trainer's; the library's transform knows reweight | none.
+EXAMPLE_LEVELS = ("reweight", "perturb", "input")  # The trainer's; the library's transform knows reweight | none.
 DIVERGENCES = ("l2", "kl", "wasserstein", "none")  # Concept level; none: no concept-level reweighting.
 LAM_SCHEDULES = ("constant", "defer", "anneal")  # λ_t of the concept level: default_robust_config says each.
 PRIORS = ("uniform", "empirical")
@@ -56,11 +56,11 @@ def default_robust_config() -> ml_collections.ConfigDict:
     config.prior = "uniform"  # uniform | empirical.
     config.cost = _unset()  # Concept ground cost for `wasserstein`: None (1 - I), "hierarchy", or a .npy/.csv file.
     config.temperature = 0.1  # τ_c of the entropic `wasserstein` response.
-    config.example_level = "reweight"  # reweight | perturb.
+    config.example_level = "reweight"  # reweight (weights) | perturb (features) | input (images): docs/method.md §3.
     config.gamma = 1.0  # Wasserstein penalty multiplier γ of the example level.
     config.example_temperature = 1.0  # τ_e of `reweight`.
     config.radius = _unset()  # Set: find γ per class so the coupling moves exactly this much (reweight only).
-    config.perturb_steps = 1  # Ascent steps of the `perturb` form.
+    config.perturb_steps = 1  # Ascent steps of the `perturb` and `input` forms.
     config.step_offset = 0.0  # t0 of the adversary's step size 1 / (t + 1 + t0).
     config.constant_step = _unset()  # Set, in (0, 1]: constant adversary step instead of 1 / (t + 1 + t0).
     config.group_dro_eta = 0.01  # Group DRO's step size η (lam = 1 / η, cumulative losses).

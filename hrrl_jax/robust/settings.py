@@ -22,7 +22,7 @@ from hrrl_jax.robust._checks import check_positive
 from hrrl_jax.robust.concept_level import DIVERGENCES, Divergence
 from hrrl_jax.robust.schedules import Hyperparameter, check_hyperparameter
 
-# The transform's own example levels; the trainer's config (hrrl_jax/schema.py) has reweight | perturb.
+# The transform's own example levels; the trainer's config (hrrl_jax/schema.py) has reweight | perturb | input.
 TRANSFORM_EXAMPLE_LEVELS = ("reweight", "none")
 ACCUMULATIONS = ("mean", "sum")
 
@@ -93,6 +93,11 @@ def make_settings(concept_of_class: Any, concept_sizes: Any, **options: Any) -> 
             "example_level='perturb' changes the loss, not the weights: apply perturb_features "
             "inside the loss function, pass the robust per-example losses, and use "
             "example_level='none' here."
+        )
+    if options["example_level"] == "input":
+        raise ValueError(
+            "example_level='input' changes the loss, not the weights: take the loss at the worst-case inputs, "
+            "pass those per-example losses, and use example_level='none' here."
         )
     _check_choice("example_level", options["example_level"], TRANSFORM_EXAMPLE_LEVELS)
     _check_choice("accumulate", options["accumulate"], ACCUMULATIONS)

@@ -1,7 +1,7 @@
 """Maps `config.robust` onto the library's robust transform: ERM, EL, CL, HRRL and Group DRO from one path.
 
 The trainer uses `hrrl_jax.robust` exactly as a user of the library would: this module only chooses the
-arguments of `hierarchical_reweighting` and whether the loss uses the `perturb` form.
+arguments of `hierarchical_reweighting` and whether the loss uses the `perturb` or the `input` form.
 """
 
 from __future__ import annotations
@@ -28,11 +28,14 @@ class Objective:
 
     `reweights`: the optimizer holds the reweighting transform and the loss uses `robust.loss_weights`.
     `perturb_gamma`: when set, per-example losses are the `perturb` form's robust losses.
+    `input_gamma`: when set, the loss is taken at the `input` form's worst-case images
+    (`hrrl_jax.train.input_level`). `perturb_steps`: the ascent steps of either form.
     """
 
     method: str
     reweights: bool
     perturb_gamma: float | None = None
+    input_gamma: float | None = None
     perturb_steps: int = 1
 
 
@@ -45,7 +48,8 @@ def build_objective(
     level only. hrrl: both. group_dro: `kl` on cumulative losses with λ = 1/η (Sagawa et al. 2020).
     cl and hrrl play λ_t of `robust.lam_schedule` (`lam_schedule`); group_dro keeps its λ = 1/η, whose
     annealing is in its cumulative losses. The floor ρ (`robust.floor`) applies to every method with a
-    concept level: cl, hrrl and group_dro.
+    concept level: cl, hrrl and group_dro. The `perturb` and `input` example levels change the loss, not the
+    weights, so their transform is built with `example_level="none"`.
     """
     method = config.method
     if method not in ROBUST_METHODS:
@@ -63,6 +67,7 @@ def build_objective(
 
     uses_example_level = method in ("el", "hrrl")
     perturb = uses_example_level and config.example_level == "perturb"
+    input_form = uses_example_level and config.example_level == "input"
     reweight = uses_example_level and config.example_level == "reweight"
     concept_level = method in ("cl", "hrrl", "group_dro")
     transform_args = dict(
@@ -86,6 +91,7 @@ def build_objective(
         method=method,
         reweights=True,
         perturb_gamma=config.gamma if perturb else None,
+        input_gamma=config.gamma if input_form else None,
         perturb_steps=config.perturb_steps,
     )
     return objective, transform

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 
 from hrrl_jax import robust
+from hrrl_jax.train.input_level import train_mode_losses, worst_case_inputs
 from hrrl_jax.train.objective import Objective
 from hrrl_jax.train.state import TrainState
 
@@ -65,9 +66,19 @@ def train_step(
 
     The algorithm of docs/method.md §5: forward, example weights w_i from the adversary in the optimizer state (no
     gradient through them), gradient of (1/m) Σ w_i ℓ_i, then `tx.update` advances both the parameters and the
-    adversary with the same per-example losses, labels and features.
+    adversary with the same per-example losses, labels and features. Under the `input` example level all of it,
+    the metrics included, is taken at the worst-case images x' (`hrrl_jax.train.input_level`).
     """
     images, labels = batch["image"], batch["label"]
+
+    if objective.input_gamma is not None:
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        images = worst_case_inputs(
+            train_mode_losses(model, variables, labels),
+            images,
+            gamma=objective.input_gamma,
+            steps=objective.perturb_steps,
+        )
 
     def loss_fn(params: Any) -> tuple[jax.Array, LossAux]:
         (logits, features), updated = model.apply(

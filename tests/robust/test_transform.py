@@ -226,6 +226,7 @@ def test_invalid_settings_are_reported():
     cases = [
         ({"divergence": "chi2"}, "divergence must be one of"),
         ({"example_level": "perturb"}, "perturb_features"),
+        ({"example_level": "input"}, "example_level='input' changes the loss"),
         ({"example_level": "reweigh"}, r"example_level must be one of \('reweight', 'none'\)"),
         ({"lam": 0.0}, "lam must be a number > 0"),
         ({"prior": np.array([0.5, 0.5, 0.5, 0.5])}, "summing to 1"),
