@@ -21,6 +21,7 @@ from hrrl_jax.schema import (
     CONCEPT_COSTS,
     DIVERGENCES,
     EXAMPLE_LEVELS,
+    HOLDOUT_SPLIT,
     KNOWN_DATASETS,
     KNOWN_SHIFTS,
     LAM_SCHEDULES,
@@ -154,6 +155,8 @@ RULES: dict[str, Check] = {
     "dataset.data_dir": _optional(_path),
     "dataset.train_split": _split,
     "dataset.test_split": _split,
+    "dataset.validation_fraction": _IN_UNIT_INTERVAL,
+    "dataset.validation_seed": _NON_NEGATIVE_INTEGER,
     "dataset.image_size": _optional(_POSITIVE_INTEGER),
     "dataset.augment": _boolean,
     "dataset.exclude_classes": _CLASS_IDS,
@@ -273,6 +276,17 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
                 f"config.optimizer.warmup_steps={warmup_steps!r}: must be below config.total_steps="
                 f"{config['total_steps']}; shorten the warm-up or train longer."
             )
+    dataset = config["dataset"]
+    if dataset["train_split"] == HOLDOUT_SPLIT:
+        raise ConfigError(
+            f"config.dataset.train_split={HOLDOUT_SPLIT!r}: that is the share of train_split held out of training; "
+            "train on a split of the data set, e.g. 'train'."
+        )
+    if dataset["test_split"] == HOLDOUT_SPLIT and dataset["validation_fraction"] <= 0:
+        raise ConfigError(
+            f"config.dataset.test_split={HOLDOUT_SPLIT!r}: evaluates on the share of train_split held out by "
+            f"dataset.validation_fraction, now {dataset['validation_fraction']!r}; set it above 0, e.g. 0.1."
+        )
     robust = config["robust"]
     if robust["lam_schedule"] != "constant" and robust["lam_schedule_steps"] < 1:
         raise ConfigError(

@@ -33,6 +33,7 @@ KNOWN_DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100", "imagenet201
 KNOWN_SHIFTS = ("lowres2", "lowres4", "rotate30", "blur", "noise")
 SHIFT_MARKER = "_shift/"  # `<base>_shift/<shift>`: a base data set with one appearance shift.
 SPLIT_PATTERN = re.compile(r"^(?P<split>\w+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
+HOLDOUT_SPLIT = "holdout"  # `dataset.test_split`: the training rows held out by `dataset.validation_fraction`.
 COMPARISON_TARGETS = ("held_out", "digits", *(f"shift/{shift}" for shift in KNOWN_SHIFTS))
 
 
@@ -123,7 +124,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.dataset.name = "fashion_mnist"  # KNOWN_DATASETS, or `<base>_shift/<shift>`.
     config.dataset.data_dir = _unset()  # None: the tfds default (~/tensorflow_datasets or $TFDS_DATA_DIR).
     config.dataset.train_split = "train"
-    config.dataset.test_split = "test"
+    config.dataset.test_split = "test"  # Or HOLDOUT_SPLIT: evaluate on the validation rows held out of train_split.
+    config.dataset.validation_fraction = 0.0  # Stratified share of each class of train_split held out of training.
+    config.dataset.validation_seed = 0  # Seed of that holdout, apart from `seed`: every run holds out the same rows.
     config.dataset.image_size = _unset()  # None: native resolution.
     config.dataset.augment = True
     config.dataset.exclude_classes = ()  # Classes held out of training (relabelled contiguously).

@@ -109,6 +109,10 @@ def test_the_rules_cover_every_key_and_the_defaults_pass():
         ({"dataset__train_split": "train[:half]"}, "dataset.train_split"),
         ({"dataset__image_size": 0}, "dataset.image_size"),
         ({"dataset__exclude_classes": (-1,)}, "dataset.exclude_classes"),
+        ({"dataset__validation_fraction": 1.0}, "dataset.validation_fraction"),
+        ({"dataset__validation_seed": -1}, "dataset.validation_seed"),
+        ({"dataset__test_split": "holdout"}, "dataset.test_split"),  # Holds nothing out: validation_fraction is 0.
+        ({"dataset__train_split": "holdout", "dataset__validation_fraction": 0.1}, "dataset.train_split"),
     ],
 )
 def test_each_bad_value_names_its_key(values, key):

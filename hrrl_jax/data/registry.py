@@ -17,7 +17,7 @@ from hrrl_jax.data import loaders
 from hrrl_jax.data.shifts import apply_shift
 from hrrl_jax.data.split_data import DatasetInfo, SplitData
 from hrrl_jax.errors import DataError
-from hrrl_jax.schema import SHIFT_MARKER, SPLIT_PATTERN, known_dataset_names
+from hrrl_jax.schema import HOLDOUT_SPLIT, SHIFT_MARKER, SPLIT_PATTERN, known_dataset_names
 
 SHIFT_SEED = 0
 _BASE_LOADERS: dict[str, Callable[[str, str | None], SplitData]] = {
@@ -151,11 +151,65 @@ def image_side(config: ml_collections.ConfigDict, info: DatasetInfo) -> int:
     return info.image_shape[0] if config.dataset.image_size is None else int(config.dataset.image_size)
 
 
+def holdout_rows(labels: np.ndarray, classes: Sequence[int], *, fraction: float, seed: int) -> np.ndarray:
+    """Sorted rows of a stratified `fraction` of every class: round(fraction · n_c) of the n_c rows of label c.
+
+    `classes[c]` is label c's class in the unfiltered data set; its rows are drawn by default_rng([seed,
+    classes[c]]) from its rows in order, so a class keeps the same held-out images whichever other classes
+    (and whichever appearance shift) are loaded with it.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"fraction must be in [0, 1); got {fraction}.")
+    labels = np.asarray(labels)
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        order = np.random.default_rng([seed, int(classes[label])]).permutation(members.size)
+        chosen.append(members[order[: int(round(fraction * members.size))]])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def load_split_and_holdout(
+    name: str,
+    split: str,
+    *,
+    fraction: float,
+    seed: int,
+    data_dir: str | None = None,
+    exclude_classes: Sequence[int] = (),
+    only_classes: Sequence[int] = (),
+) -> tuple[SplitData, SplitData]:
+    """`load_split`'s split without its `holdout_rows`, and those held-out rows (empty at fraction 0)."""
+    split_data = load_split(name, split, data_dir=data_dir, exclude_classes=exclude_classes, only_classes=only_classes)
+    num_classes = _BASE_INFOS[name.partition(SHIFT_MARKER)[0]].num_classes
+    classes = _kept_classes(num_classes, exclude_classes, only_classes)
+    held = holdout_rows(split_data.labels, classes, fraction=fraction, seed=seed)
+    kept = np.setdiff1d(np.arange(len(split_data)), held)
+    return split_data.select(kept), split_data.select(held)
+
+
 def load_data(config: ml_collections.ConfigDict) -> tuple[SplitData, SplitData]:
-    """The train and test splits named by `config.dataset` (a resolved hrrl_jax config)."""
+    """The train and evaluation splits named by `config.dataset` (a resolved hrrl_jax config).
+
+    Training leaves out the stratified `dataset.validation_fraction` of each class (`holdout_rows` with
+    `dataset.validation_seed`); `dataset.test_split = "holdout"` evaluates on those rows instead of a test split,
+    which is then never read.
+    """
     dataset = config.dataset
     filters = {"exclude_classes": tuple(dataset.exclude_classes), "only_classes": tuple(dataset.only_classes)}
-    return (
-        load_split(dataset.name, dataset.train_split, data_dir=dataset.data_dir, **filters),
-        load_split(dataset.name, dataset.test_split, data_dir=dataset.data_dir, **filters),
+    train, holdout = load_split_and_holdout(
+        dataset.name,
+        dataset.train_split,
+        fraction=dataset.validation_fraction,
+        seed=dataset.validation_seed,
+        data_dir=dataset.data_dir,
+        **filters,
     )
+    if dataset.test_split != HOLDOUT_SPLIT:
+        return train, load_split(dataset.name, dataset.test_split, data_dir=dataset.data_dir, **filters)
+    if not len(holdout):
+        raise DataError(
+            f"dataset.test_split={HOLDOUT_SPLIT!r} evaluates on the training rows held out by "
+            f"dataset.validation_fraction={dataset.validation_fraction}, and it holds out none; raise the fraction."
+        )
+    return train, holdout
