@@ -1,5 +1,5 @@
 """PNG figures of a comparison: per-concept accuracy bars, the concept distribution p over training,
-transfer accuracy per target.
+transfer accuracy per target, few-shot accuracy against shots.
 
 Figures are drawn on ``matplotlib.figure.Figure`` objects rendered by the Agg canvas: no pyplot, no
 display and no global backend switch, so importing this module changes nothing for the caller. Each
@@ -163,5 +163,44 @@ def plot_concept_distribution(
     figure.legend(
         *all_axes[0].get_legend_handles_labels(), loc="outside right center", fontsize="small", title="concept"
     )
+    figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_few_shot_curves(
+    curves: Mapping[str, Mapping[str, Sequence[tuple[int, Mapping]]]],
+    path: str | pathlib.Path,
+    *,
+    title: str = "Few-shot accuracy of frozen features (nearest class mean)",
+) -> pathlib.Path:
+    """One panel per task: accuracy against shots per class (log axis), one line per method.
+
+    Args:
+      curves: task -> method -> [(shots, summary), ...], each summary a ``report.summarise`` dict of
+        accuracies over seeds (the line is the mean, the error bar the std over seeds).
+    """
+    if not curves:
+        raise ValueError("curves is empty; pass task -> method -> [(shots, summary), ...] for at least one task.")
+    methods = list(dict.fromkeys(method for by_method in curves.values() for method in by_method))
+    figure = Figure(figsize=(3.6 * len(curves) + 1.5, 3.6), layout="constrained")
+    all_axes = figure.subplots(1, len(curves), squeeze=False)[0]
+    for axes, (task, by_method) in zip(all_axes, curves.items()):
+        for method, points in by_method.items():
+            points = sorted(points, key=lambda point: point[0])
+            shots = [k for k, _ in points]
+            means = [100 * summary["mean"] for _, summary in points]
+            errors = [0.0 if math.isnan(summary["std"]) else 100 * summary["std"] for _, summary in points]
+            axes.errorbar(
+                shots, means, yerr=errors, marker="o", capsize=2, color=_colour(methods.index(method)), label=method
+            )
+        axes.set_xscale("log")
+        axes.set_xticks(sorted({k for points in by_method.values() for k, _ in points}))
+        axes.get_xaxis().set_major_formatter("{x:g}")
+        axes.set_title(task, fontsize="medium")
+        axes.set_xlabel("Shots per class")
+        axes.grid(alpha=0.3)
+    all_axes[0].set_ylabel("Accuracy (%)")
+    handles, labels = all_axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", fontsize="small", title="method")
     figure.suptitle(title)
     return _save(figure, path)

@@ -180,7 +180,9 @@ def format_difference(difference: Mapping, decimals: int = 2) -> str:
     return f"{mean}{spread} ({count})"
 
 
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a markdown table (a `|` inside a cell escaped)."""
+
     def line(cells):
         return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
 
@@ -206,7 +208,7 @@ def _main_table(aggregated: Mapping, methods: Sequence[str], decimals: int) -> l
         ]
         for method in methods
     ]
-    return _markdown_table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _per_concept_table(aggregated: Mapping, methods: Sequence[str], decimals: int) -> list[str]:
@@ -215,7 +217,7 @@ def _per_concept_table(aggregated: Mapping, methods: Sequence[str], decimals: in
         [method, *(format_cell(aggregated[method]["per_concept_accuracy"].get(c), decimals) for c in concepts)]
         for method in methods
     ]
-    return _markdown_table(["method", *concepts], rows)
+    return markdown_table(["method", *concepts], rows)
 
 
 def _difference_table(aggregated: Mapping, methods: Sequence[str], reference: str, decimals: int) -> list[str]:
@@ -232,7 +234,7 @@ def _difference_table(aggregated: Mapping, methods: Sequence[str], reference: st
                 "–" if missing else format_difference(paired_difference(method_summary, reference_summary), decimals)
             )
         rows.append([method, *cells])
-    return _markdown_table([f"method − {reference}", *(f"Δ {title}" for _, title in SOURCE_METRICS)], rows)
+    return markdown_table([f"method − {reference}", *(f"Δ {title}" for _, title in SOURCE_METRICS)], rows)
 
 
 def render_report(

@@ -75,3 +75,23 @@ def test_bad_input_is_refused(tmp_path):
     with pytest.raises(ValueError, match="sort_by_method='hrrl' has no records"):
         plots.plot_per_concept_accuracy(_synthetic_records(), tmp_path / "c.png", sort_by_method="hrrl")
     assert not (tmp_path / "c.png").exists()
+
+
+def test_few_shot_curves_png_has_one_panel_per_task(tmp_path):
+    def summary(mean, std):
+        return {"mean": mean, "std": std, "n": 3, "by_seed": {}}
+
+    one_task = {
+        "held_out": {
+            "erm*": [(k, summary(0.5 + 0.1 * i, 0.02)) for i, k in enumerate((1, 5, 10, 20))],
+            "hrrl*": [(k, summary(0.55 + 0.1 * i, float("nan"))) for i, k in enumerate((1, 5, 10, 20))],
+        }
+    }
+    two_tasks = {**one_task, "within-concept worst": {"erm*": [(5, summary(0.6, 0.05)), (20, summary(0.7, 0.04))]}}
+    narrow = plots.plot_few_shot_curves(one_task, tmp_path / "one.png")
+    wide = plots.plot_few_shot_curves(two_tasks, tmp_path / "two.png")
+    _assert_sane_png(narrow)
+    _assert_sane_png(wide)
+    assert imread(wide).shape[1] > imread(narrow).shape[1]
+    with pytest.raises(ValueError, match="curves is empty"):
+        plots.plot_few_shot_curves({}, tmp_path / "none.png")
