@@ -1,6 +1,7 @@
 """Entry point: `python launch.py --config configs/<experiment>.py --workdir DIR [--config.key=value ...]`.
 
-Trains and evaluates one run, or, for a config with a `compare` section, the whole comparison experiment.
+Trains and evaluates one run, or, for a config with a `compare` section, the whole comparison experiment (with
+`compare.arms` set: the selection protocol, hrrl_jax/experiments/protocol.py).
 The config is validated first, before jax is imported or any data read; a mistake in the user's input
 (`hrrl_jax.errors.UserError`: config, data, checkpoint) is one `error: ...` line and exit code 1.
 """
@@ -49,9 +50,10 @@ def main(argv: list[str]) -> int:
     try:
         if "compare" in config:
             from hrrl_jax.experiments.compare import ComparisonInterrupted, run_comparison
+            from hrrl_jax.experiments.protocol import run_protocol
 
             try:
-                run_comparison(config, _WORKDIR.value)
+                (run_protocol if config.compare.arms else run_comparison)(config, _WORKDIR.value)
             except ComparisonInterrupted as interruption:
                 print(interruption, file=sys.stderr)
         else:

@@ -16,6 +16,8 @@ import ml_collections
 
 from hrrl_jax.errors import ConfigError
 from hrrl_jax.schema import (
+    ARM_KEYS,
+    ARM_NAME_PATTERN,
     BATCH_NORM_VARIANCES,
     COMPARISON_TARGETS,
     CONCEPT_COSTS,
@@ -31,11 +33,13 @@ from hrrl_jax.schema import (
     PRIORS,
     ROBUST_METHODS,
     SCHEDULE_NAMES,
+    SELECTION_METRICS,
     SHIFT_MARKER,
     SPLIT_PATTERN,
     STEMS,
     default_compare_config,
     default_config,
+    default_optimizer_config,
     default_robust_config,
     value_at,
 )
@@ -138,6 +142,12 @@ def _step_boundaries(value: Any) -> str | None:
     return "must be strictly increasing fractions of total_steps inside (0, 1)"
 
 
+def _arm_list(value: Any) -> str | None:
+    ok = isinstance(value, (tuple, list)) and all(_is_section(arm) for arm in value)
+    return None if ok else "must be a tuple of arms, each a dict with a name and a method"
+
+
+
 RULES: dict[str, Check] = {
     "seed": _NON_NEGATIVE_INTEGER,
     "batch_size": _POSITIVE_INTEGER,
@@ -206,6 +216,17 @@ RULES: dict[str, Check] = {
     "compare.probe_train_examples": _POSITIVE_INTEGER,
     "compare.write_report": _boolean,
     "compare.notes": _text,
+    "compare.arms": _arm_list,  # Each arm's entries are checked by _check_arms.
+    "compare.selection_seeds": _SEEDS,
+    "compare.confirmation_seeds": _SEEDS,
+    "compare.selection_metric": _one_of(SELECTION_METRICS),
+    "compare.top1_tolerance": _IN_UNIT_INTERVAL,
+    "compare.tie_tolerance": _IN_UNIT_INTERVAL,
+    "compare.few_shot_targets": _sequence_of(_one_of(COMPARISON_TARGETS), f"a tuple of {COMPARISON_TARGETS}"),
+    "compare.few_shot_shots": _sequence_of(_POSITIVE_INTEGER, "a tuple of positive integers"),
+    "compare.within_concept_shots": _sequence_of(_POSITIVE_INTEGER, "a tuple of positive integers"),
+    "compare.few_shot_draws": _integer(2),
+    "compare.draw_seed": _NON_NEGATIVE_INTEGER,
 }
 _FREE_KEYS = frozenset({"compare.overrides"})  # Sub-configs whose keys are not fixed by the defaults.
 
@@ -263,6 +284,96 @@ def _check_overrides(overrides: Mapping[str, Any]) -> None:
             _check(f"compare.overrides.{method}.{key}", value, RULES[f"robust.{key}"])
 
 
+def _check_section_values(path: str, values: Any, section: str, keys: list[str]) -> None:
+    """A few `config.<section>` keys, each checked as that key."""
+    if not _is_section(values):
+        raise ConfigError(f"config.{path}={values!r}: must map config.{section} keys to values.")
+    for key, value in values.items():
+        if key not in keys:
+            raise ConfigError(f"config.{path}.{key} is not a config.{section} key; choose from {keys}.")
+        _check(f"{path}.{key}", value, RULES[f"{section}.{key}"])
+
+
+def _check_arms(arms: tuple[Mapping[str, Any], ...]) -> None:
+    """`compare.arms`: unique names, a method each, robust and optimizer values, `combine` naming other families."""
+    robust_keys = [key for key in default_robust_config() if key != "method"]
+    optimizer_keys = list(default_optimizer_config())
+    names: list[str] = []
+    families = {arm.get("method") for arm in arms}
+    for index, arm in enumerate(arms):
+        path = f"compare.arms[{index}]"
+        unknown = sorted(set(arm) - set(ARM_KEYS))
+        if unknown or "name" not in arm or "method" not in arm:
+            raise ConfigError(
+                f"config.{path}={dict(arm)!r}: an arm has a name, a method and optionally {list(ARM_KEYS[2:])}"
+                + (f"; {unknown[0]!r} is not one of them." if unknown else ".")
+            )
+        name = arm["name"]
+        if not isinstance(name, str) or not ARM_NAME_PATTERN.match(name) or name in names:
+            raise ConfigError(
+                f"config.{path}.name={name!r}: must be a new name of letters, digits and _.=+- (it names the arm's "
+                "run directory)."
+            )
+        names.append(name)
+        _check(f"{path}.method", arm["method"], _one_of(ROBUST_METHODS))
+        _check_section_values(f"{path}.robust", arm.get("robust", {}), "robust", robust_keys)
+        _check_section_values(f"{path}.optimizer", arm.get("optimizer", {}), "optimizer", optimizer_keys)
+        combine = arm.get("combine", ())
+        others = sorted(families - {arm["method"], "erm"})
+        if (
+            not isinstance(combine, (tuple, list))
+            or any(family not in others for family in combine)
+            or (combine and arm["method"] == "erm")
+        ):
+            raise ConfigError(
+                f"config.{path}.combine={combine!r}: must be a tuple of other families with arms, from {others} "
+                "(an erm arm combines none: its top-1 is the reference every selection needs)."
+            )
+    _check_acyclic({arm["method"]: set() for arm in arms}, arms)
+
+
+def _check_acyclic(depends_on: dict[str, set[str]], arms: tuple[Mapping[str, Any], ...]) -> None:
+    """No family may wait, through `combine`, for its own selection."""
+    for arm in arms:
+        depends_on[arm["method"]].update(arm.get("combine", ()))
+    finished: set[str] = set()
+    while len(finished) < len(depends_on):
+        ready = [family for family, needs in depends_on.items() if family not in finished and needs <= finished]
+        if not ready:
+            waiting = sorted(set(depends_on) - finished)
+            raise ConfigError(f"config.compare.arms: families {waiting} combine each other's selections in a cycle.")
+        finished.update(ready)
+
+
+def _check_protocol(config: ml_collections.ConfigDict) -> None:
+    """The selection protocol's relations, when `compare.arms` is set."""
+    compare = config["compare"]
+    if not compare["arms"]:
+        return
+    if config["dataset"]["validation_fraction"] <= 0:
+        raise ConfigError(
+            f"config.dataset.validation_fraction={config['dataset']['validation_fraction']!r}: the protocol selects "
+            "on validation data; hold out a share of the training images, e.g. 0.1."
+        )
+    if "erm" not in {arm["method"] for arm in compare["arms"]}:
+        raise ConfigError("config.compare.arms: needs an erm arm (its source-validation top-1 bounds every selection).")
+    if not compare["targets"]:
+        raise ConfigError("config.compare.targets=(): the selection score averages validation probes of the targets.")
+    missing = [target for target in compare["few_shot_targets"] if target not in compare["targets"]]
+    if missing:
+        raise ConfigError(
+            f"config.compare.few_shot_targets={compare['few_shot_targets']!r}: {missing} are not in "
+            "config.compare.targets; few-shot probes use the features of those targets."
+        )
+    shared = sorted(set(compare["selection_seeds"]) & set(compare["confirmation_seeds"]))
+    if shared:
+        raise ConfigError(
+            f"config.compare.confirmation_seeds={compare['confirmation_seeds']!r}: seeds {shared} also select; "
+            "confirmation needs fresh seeds."
+        )
+
+
+
 def _check_relations(config: ml_collections.ConfigDict) -> None:
     """The checks that involve two keys."""
     if config["num_epochs"] is None:
@@ -313,6 +424,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             _check(path, value_at(config, path), check)
     if "compare" in config:
         _check_overrides(config["compare"]["overrides"])
+        _check_arms(config["compare"]["arms"])
+        _check_protocol(config)
     _check_relations(config)
 
 

@@ -34,7 +34,13 @@ KNOWN_SHIFTS = ("lowres2", "lowres4", "rotate30", "blur", "noise")
 SHIFT_MARKER = "_shift/"  # `<base>_shift/<shift>`: a base data set with one appearance shift.
 SPLIT_PATTERN = re.compile(r"^(?P<split>\w+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
 HOLDOUT_SPLIT = "holdout"  # `dataset.test_split`: the training rows held out by `dataset.validation_fraction`.
-COMPARISON_TARGETS = ("held_out", "digits", *(f"shift/{shift}" for shift in KNOWN_SHIFTS))
+OTHER_DATASET_TARGETS = ("digits", "cifar10")  # Comparison targets that are another data set, whole.
+COMPARISON_TARGETS = ("held_out", *OTHER_DATASET_TARGETS, *(f"shift/{shift}" for shift in KNOWN_SHIFTS))
+SELECTION_METRICS = ("probe", "recall_at_1")  # Validation measures the protocol's selection score may average.
+# An entry of `compare.arms`: its name (also its run directory), robust method (its family), `config.robust` and
+# `config.optimizer` values, and the families whose selected arms' robust values it starts from (in order).
+ARM_KEYS = ("name", "method", "robust", "optimizer", "combine")
+ARM_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 
 
 def _unset() -> config_dict.FieldReference:
@@ -101,6 +107,19 @@ def default_compare_config() -> ml_collections.ConfigDict:
     config.probe_train_examples = 10_000
     config.write_report = True  # False: only train and evaluate runs (to share them over processes).
     config.notes = ""
+    # The selection protocol (hrrl_jax/experiments/protocol.py) runs instead of the comparison above when `arms` is
+    # set; methods, seeds, overrides and the λ sweep are then unused.
+    config.arms = ()  # In order: {"name", "method", "robust": {...}, "optimizer": {...}, "combine": (families)}.
+    config.selection_seeds = (0,)  # Every arm is trained on these and scored on validation data only.
+    config.confirmation_seeds = (1, 2, 3, 4, 5)  # Each family's selected arm, evaluated once on the test splits.
+    config.selection_metric = "probe"  # SELECTION_METRICS: the validation measure the score averages.
+    config.top1_tolerance = 0.01  # Selectable: source-validation top-1 >= the best ERM arm's minus this.
+    config.tie_tolerance = 0.0005  # Scores this close to the best tie; the arm listed first wins.
+    config.few_shot_targets = ("held_out", "digits")  # Targets (of `targets`) with few-shot probes.
+    config.few_shot_shots = (1, 5, 10, 20)  # Shots per class of those probes.
+    config.within_concept_shots = (5, 20)  # Shots of the tasks inside each concept of >= 2 classes; (): none.
+    config.few_shot_draws = 20  # Support sets drawn per few-shot probe.
+    config.draw_seed = 0  # Seeds the probes' example subsample and the draws: the same images for every run.
     return config
 
 

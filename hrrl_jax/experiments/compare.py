@@ -24,6 +24,7 @@ from hrrl_jax.evaluate import plots, report
 from hrrl_jax.evaluate.features import TrainedModel, extract_features, load_trained_model
 from hrrl_jax.evaluate.probe import evaluate_linear_probe
 from hrrl_jax.evaluate.retrieval import recall_at_k
+from hrrl_jax.schema import OTHER_DATASET_TARGETS
 from hrrl_jax.train.loop import train_and_evaluate
 from hrrl_jax.workdir import WorkDir
 
@@ -49,17 +50,17 @@ def run_config(
 
 
 def target_splits(config: ml_collections.ConfigDict, name: str) -> tuple[SplitData, SplitData]:
-    """(train, test) splits of a target: `shift/<s>`, `held_out` or `digits`."""
+    """(train, test) splits of a target: `shift/<s>`, `held_out`, or another data set (`digits`, `cifar10`)."""
     dataset = config.dataset
     if name.startswith("shift/"):
         full = f"{dataset.name}_shift/{name.split('/', 1)[1]}"
         kwargs = dict(exclude_classes=tuple(dataset.exclude_classes))
     elif name == "held_out":
         full, kwargs = dataset.name, dict(only_classes=tuple(dataset.exclude_classes))
-    elif name == "digits":
-        full, kwargs = "digits", {}
+    elif name in OTHER_DATASET_TARGETS:
+        full, kwargs = name, {}
     else:
-        raise ValueError(f"Unknown comparison target {name!r}; use shift/<shift>, held_out or digits.")
+        raise ValueError(f"Unknown comparison target {name!r}; use shift/<shift>, held_out or {OTHER_DATASET_TARGETS}.")
     data_dir = dataset.data_dir
     return (
         load_split(full, "train", data_dir=data_dir, **kwargs),
@@ -101,15 +102,7 @@ def run_record(
     `targets` maps each target's name to a function returning its (train, test) splits.
     """
     run_directory = WorkDir(workdir)
-    os.makedirs(run_directory.path, exist_ok=True)
-    results = run_directory.read_results()
-    if results is None:
-        results = train_and_evaluate(config, workdir)  # What it writes to results.json, on every process.
-        if results.get("interrupted"):
-            raise ComparisonInterrupted(
-                f"The run in {workdir} stopped at step {results['step']} with a checkpoint; rerun the same "
-                "command to continue the comparison (finished runs are reused)."
-            )
+    results = trained_results(config, workdir)
     transfer_path = run_directory.file("transfer.json")
     if os.path.exists(transfer_path):
         with open(transfer_path) as file:
@@ -129,6 +122,25 @@ def run_record(
         "targets": transfer,
         "concept_distribution": concept_distribution_history(run_directory),
     }
+
+
+def trained_results(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """The results of the run in `workdir`: those of a finished run, else of training it (or resuming) now.
+
+    Raises:
+      ComparisonInterrupted: the run was stopped before its end (a checkpoint is saved; rerun to continue).
+    """
+    run_directory = WorkDir(workdir)
+    os.makedirs(run_directory.path, exist_ok=True)
+    results = run_directory.read_results()
+    if results is None:
+        results = train_and_evaluate(config, workdir)  # What it writes to results.json, on every process.
+        if results.get("interrupted"):
+            raise ComparisonInterrupted(
+                f"The run in {workdir} stopped at step {results['step']} with a checkpoint; rerun the same "
+                "command to continue the comparison (finished runs are reused)."
+            )
+    return results
 
 
 def concept_distribution_history(run_directory: WorkDir) -> list[tuple[int, list[float]]]:
