@@ -63,7 +63,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="Classes and concept hierarchy of the synthetic labels.",
     )
     parser.add_argument("--batch-norm-variance", choices=BATCH_NORM_VARIANCES, default="shifted_one_pass")
-    parser.add_argument("--methods", default="erm,el,cl,hrrl", help="Any of erm, el, cl, hrrl, group_dro, plain.")
+    parser.add_argument(
+        "--methods",
+        default="erm,el,cl,hrrl",
+        help="Any of erm, el, cl, hrrl, group_dro, plain; METHOD-LEVEL sets the example level: el-input, hrrl-perturb.",
+    )
     parser.add_argument("--windows", type=int, default=5, help="Timed windows; the median is reported.")
     parser.add_argument("--steps-per-window", type=int, default=10)
     parser.add_argument("--warmup-steps", type=int, default=3)
@@ -85,14 +89,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def method_config(args: argparse.Namespace, method: str):
-    """The base config with the benchmark's model, batch and method; HRRL = reweight + l2."""
+    """The base config with the benchmark's model, batch and method; HRRL = reweight + l2. `METHOD-LEVEL` (e.g.
+    `el-input`) trains METHOD with the example level LEVEL instead of reweight."""
+    method, _, example_level = method.partition("-")
     config = base.get_config()
     config.model.name, config.model.width, config.model.stem = args.model, args.width, "auto"
     config.model.batch_norm_variance = args.batch_norm_variance
     config.batch_size, config.precision = args.batch_size, args.precision
     config.dataset.image_size = args.image_size
     config.robust.method = method
-    config.robust.divergence, config.robust.example_level = "l2", "reweight"
+    config.robust.divergence, config.robust.example_level = "l2", example_level or "reweight"
     return config
 
 
