@@ -3,14 +3,16 @@
     python benchmarks/step_throughput.py --model resnet50 --image-size 224 --batch-size 256 \
         --precision bfloat16 --methods erm,el,cl,hrrl --json OUT.json
     python benchmarks/step_throughput.py --mode input --batch-size 256
+    python benchmarks/step_throughput.py --mode input --input-dataset imagenet2012 --data-dir DIR --input-workers 0,1,2
 
 Step mode builds each method with `hrrl_jax.train.run.build_trainer` (the function the trainer uses), feeds
 one synthetic batch already on the devices, excludes compilation and warm-up, and reports the median over
 several timed windows (each ended by `block_until_ready`). The method `plain` times the same network in a
 minimal step (mean cross-entropy, SGD with Nesterov momentum, no metrics, no robust state): the floor
-that the trainer's ERM step is held against on the same device. Input mode times a training input pipeline
-with augmentation on the host (Fashion-MNIST, or `--input-dataset imagenet2012 --data-dir DIR`, e.g. the JPEG
-fixture of benchmarks/imagenet_fixture.py), to tell whether input or compute bounds a run.
+that the trainer's ERM step is held against on the same device. Input mode times the input pipeline's training and
+evaluation transforms on the host with 0, 1, 2, ... worker processes (Fashion-MNIST, or `--input-dataset
+imagenet2012 --data-dir DIR`, e.g. the JPEG fixture of benchmarks/imagenet_fixture.py, with the cost per image of
+each stage), to tell whether input or compute bounds a run and how many workers a host needs.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -34,7 +36,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base  # noqa: E402
-from hrrl_jax.data import DatasetInfo, InputPipeline, image_ops, load_split, loaders, tfds_sources  # noqa: E402
+from hrrl_jax.data import DatasetInfo, InputPipeline, image_ops, load_split, loaders, pil_images, tfds_sources  # noqa: E402
 from hrrl_jax.data.hierarchy import cifar100_hierarchy, fashion_mnist_hierarchy, imagenet_hierarchy  # noqa: E402
 from hrrl_jax.models import BATCH_NORM_VARIANCES, count_flops, create_model  # noqa: E402
 from hrrl_jax.train.run import build_trainer  # noqa: E402
@@ -72,6 +74,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--steps-per-window", type=int, default=10)
     parser.add_argument("--warmup-steps", type=int, default=3)
     parser.add_argument("--input-steps", type=int, default=100, help="Batches timed in input mode.")
+    parser.add_argument("--input-workers", default="0", help="Input mode: worker-process counts to time, e.g. 0,1,2.")
     parser.add_argument(
         "--input-dataset",
         default="fashion_mnist",
@@ -226,53 +229,83 @@ def time_step(
 
 
 def time_input(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Images/s of a training input pipeline on the host (direct batches and the prefetching iterator); for
-    ImageNet also the cost per image of each stage: JPEG decode, the stored centre square, crop + resize."""
+    """Images/s of the input pipeline on the host: `host_batch` in this thread, then the training (`iterate`) and
+    evaluation (`eval_batches`) transforms with each of `--input-workers` worker processes; for ImageNet also
+    the cost per image of each stage of the transforms, in one thread."""
     split = load_split(args.input_dataset, "train", data_dir=args.data_dir)
     image_size = args.image_size if args.input_dataset == "imagenet2012" else None
-    pipeline = InputPipeline(
-        split, global_batch_size=args.batch_size, seed=0, train=True, augment=True, image_size=image_size
-    )
-    steps = min(args.input_steps, pipeline.steps_per_epoch)
+    options = {"global_batch_size": args.batch_size, "seed": 0, "image_size": image_size, "prefetch": 1}
+    pipeline = InputPipeline(split, **options, train=True)
     pipeline.host_batch(0)
     start = time.perf_counter()
-    for step in range(steps):
+    for step in range(1, args.input_steps + 1):
         pipeline.host_batch(step)
-    direct = steps * args.batch_size / (time.perf_counter() - start)
-    iterator = pipeline.iterate(0)
-    next(iterator)
-    start = time.perf_counter()
-    for _ in range(steps):
-        next(iterator)
-    prefetched = steps * args.batch_size / (time.perf_counter() - start)
-    iterator.close()
-    rows = [
-        {"method": f"input {args.input_dataset}: host_batch", "images_per_second": direct, "device_kind": "host"},
-        {"method": f"input {args.input_dataset}: iterate", "images_per_second": prefetched, "device_kind": "host"},
-    ]
+    direct = args.input_steps * args.batch_size / (time.perf_counter() - start)
+    rows = [_input_row(args, "train: host_batch in this thread", direct)]
+    for workers in (int(count) for count in args.input_workers.split(",")):
+        skipped = 3 * max(workers, 1)  # At most this many batches are ready before timing starts.
+        train = InputPipeline(split, **options, train=True, num_workers=workers)
+        rows.append(_input_row(args, f"train: {workers} workers", _stream_rate(train.iterate(0), skipped, args)))
+        enough = np.arange((skipped + args.input_steps) * args.batch_size) % len(split)  # Rows for a long pass.
+        evaluation = InputPipeline(split.select(enough), **options, train=False, num_workers=workers)
+        rows.append(
+            _input_row(args, f"eval: {workers} workers", _stream_rate(evaluation.eval_batches(), skipped, args))
+        )
     if args.input_dataset == "imagenet2012":
         rows += imagenet_stage_costs(args.data_dir, count=min(len(split), 4 * args.batch_size), size=args.image_size)
     return rows
 
 
+def _input_row(args: argparse.Namespace, what: str, images_per_second: float) -> dict[str, Any]:
+    return {
+        "method": f"input {args.input_dataset} {what}",
+        "images_per_second": images_per_second,
+        "ms_per_image": 1000 / images_per_second,
+        "device_kind": "host",
+    }
+
+
+def _stream_rate(batches: Iterator[dict[str, Any]], skipped: int, args: argparse.Namespace) -> float:
+    """Images/s between the arrival of batch `skipped` and of `--input-steps` batches later: the steady rate,
+    once the workers have started and what they had ready before the window is drained."""
+    arrivals = []
+    for _ in range(skipped + args.input_steps):
+        next(batches)
+        arrivals.append(time.perf_counter())
+    batches.close()
+    return args.input_steps * args.batch_size / (arrivals[-1] - arrivals[skipped - 1])
+
+
 def imagenet_stage_costs(data_dir: str | None, *, count: int, size: int) -> list[dict[str, Any]]:
-    """Milliseconds per image of each stage of today's ImageNet path, one thread."""
-    source = tfds_sources.open_data_source("imagenet2012", "train", data_dir)
-    indices = np.arange(count)
+    """Milliseconds per image of each stage of the ImageNet transforms, one thread: reading a record (TFDS,
+    decoding skipped), decoding its JPEG (Pillow), and the one-call crop + resize (+ flip) of training and
+    evaluation."""
+    source = tfds_sources.open_undecoded_source("imagenet2012", "train", data_dir)
+    stored = loaders.IMAGENET_STORED_SIZE
+    rng = np.random.default_rng(0)
+    train_boxes, flips = image_ops.random_resized_crop_boxes(rng, count, stored), rng.random(count) < 0.5
+    eval_box = image_ops.centre_crop_boxes(1, stored)[0]
     start = time.perf_counter()
-    decoded = tfds_sources.read_images(source, indices)
+    records = [source[index]["image"] for index in range(count)]
+    read_ms = 1000 * (time.perf_counter() - start) / count
+    start = time.perf_counter()
+    originals = [pil_images.open_image(record) for record in records]
     decode_ms = 1000 * (time.perf_counter() - start) / count
     start = time.perf_counter()
-    squares = np.stack([loaders.centre_square(image, loaders.IMAGENET_STORED_SIZE) for image in decoded])
-    square_ms = 1000 * (time.perf_counter() - start) / count
-    boxes = image_ops.random_resized_crop_boxes(np.random.default_rng(0), count, squares.shape[1])
+    for original, box, flip in zip(originals, train_boxes, flips):
+        pil_images.crop_of_centre_square(original, box, stored, size, flip=flip)
+    train_ms = 1000 * (time.perf_counter() - start) / count
     start = time.perf_counter()
-    image_ops.crop_boxes_and_resize(squares, boxes, size)
-    crop_ms = 1000 * (time.perf_counter() - start) / count
-    return [
-        {"method": f"stage: {name}", "ms_per_image": value, "device_kind": "host"}
-        for name, value in (("decode", decode_ms), ("centre square", square_ms), ("crop + resize", crop_ms))
-    ]
+    for original in originals:
+        pil_images.crop_of_centre_square(original, eval_box, stored, size)
+    eval_ms = 1000 * (time.perf_counter() - start) / count
+    stages = (
+        ("read record", read_ms),
+        ("decode JPEG", decode_ms),
+        ("train: crop + resize + flip, one call", train_ms),
+        ("eval: centre crop + resize, one call", eval_ms),
+    )
+    return [{"method": f"stage: {name}", "ms_per_image": value, "device_kind": "host"} for name, value in stages]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -169,6 +169,7 @@ RULES: dict[str, Check] = {
     "dataset.validation_seed": _NON_NEGATIVE_INTEGER,
     "dataset.image_size": _optional(_POSITIVE_INTEGER),
     "dataset.augment": _boolean,
+    "dataset.num_workers": _NON_NEGATIVE_INTEGER,
     "dataset.exclude_classes": _CLASS_IDS,
     "dataset.only_classes": _CLASS_IDS,
     "model.name": _one_of(MODEL_NAMES),

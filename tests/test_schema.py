@@ -108,6 +108,7 @@ def test_the_rules_cover_every_key_and_the_defaults_pass():
         ({"dataset__name": "fashion_mnist_shift/nope"}, "dataset.name"),
         ({"dataset__train_split": "train[:half]"}, "dataset.train_split"),
         ({"dataset__image_size": 0}, "dataset.image_size"),
+        ({"dataset__num_workers": -1}, "dataset.num_workers"),
         ({"dataset__exclude_classes": (-1,)}, "dataset.exclude_classes"),
         ({"dataset__validation_fraction": 1.0}, "dataset.validation_fraction"),
         ({"dataset__validation_seed": -1}, "dataset.validation_seed"),

@@ -1,4 +1,5 @@
-"""Batch image operations of the input pipeline: resizing, crops and flips, vectorised over the batch.
+"""Batch image operations of the input pipeline: resizing, crops and flips vectorised over the batch, and the
+crop boxes of ImageNet's augmentation.
 
 All take float32 or uint8 NHWC batches and per-example parameters drawn by the caller, so the pipeline
 controls every random number (deterministic given seed and step).
@@ -62,15 +63,6 @@ def random_resized_crop_boxes(rng: np.random.Generator, batch: int, size: int) -
     tops = np.floor(rng.uniform(0.0, 1.0, batch) * (size - heights + 1)).astype(np.int64)
     lefts = np.floor(rng.uniform(0.0, 1.0, batch) * (size - widths + 1)).astype(np.int64)
     return np.stack([tops, lefts, heights, widths], axis=1)
-
-
-def crop_boxes_and_resize(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
-    """float32 [B, size, size, C]: each image cropped to its box and resized (bilinear)."""
-    out = np.empty((len(images), size, size, images.shape[-1]), np.float32)
-    for index, (top, left, height, width) in enumerate(boxes):
-        crop = images[index : index + 1, top : top + height, left : left + width]
-        out[index] = resize_bilinear(crop, size, size)[0]
-    return out
 
 
 def centre_crop_boxes(batch: int, stored_size: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Loaders of the base data sets: one function per data set, from (split, data_dir) to a SplitData.
 
 Small data sets (Fashion-MNIST, digits, CIFAR) are read once per process into numpy and kept; ImageNet
-is read on demand through its TFDS data source, each image resized to a 256 x 256 centre square.
+is read on demand through its TFDS data source, its stored images the 256 x 256 centre squares of the originals.
+Each data set's description carries the input pipeline's policy for it: augmentation, padding, model image size.
 """
 
 from __future__ import annotations
@@ -11,15 +12,24 @@ import functools
 import numpy as np
 
 from hrrl_jax.data import fashion_mnist, hierarchy, tfds_sources
-from hrrl_jax.data.split_data import DatasetInfo, SplitData
+from hrrl_jax.data.image_readers import CentreSquareRecords
+from hrrl_jax.data.split_data import PAD_CROP_FLIP, RANDOM_RESIZED_CROP_FLIP, DatasetInfo, SplitData
 from hrrl_jax.errors import DataError
 
 IMAGENET_STORED_SIZE = 256
+IMAGENET_MODEL_SIZE = 224
 _DIGITS_TEST_SIZE = 450
 _DIGITS_SPLIT_SEED = 0
 
 FASHION_MNIST_INFO = DatasetInfo(
-    "fashion_mnist", 10, (28, 28, 1), hierarchy.fashion_mnist_hierarchy(), mean=(0.2860,), std=(0.3530,)
+    "fashion_mnist",
+    10,
+    (28, 28, 1),
+    hierarchy.fashion_mnist_hierarchy(),
+    mean=(0.2860,),
+    std=(0.3530,),
+    augmentation=PAD_CROP_FLIP,
+    padding=2,
 )
 DIGITS_INFO = DatasetInfo(
     "digits",
@@ -36,6 +46,8 @@ CIFAR10_INFO = DatasetInfo(
     hierarchy.ConceptHierarchy.identity(hierarchy.CIFAR10_CLASSES),
     mean=(0.4914, 0.4822, 0.4465),
     std=(0.2470, 0.2435, 0.2616),
+    augmentation=PAD_CROP_FLIP,
+    padding=4,
 )
 CIFAR100_INFO = DatasetInfo(
     "cifar100",
@@ -44,6 +56,8 @@ CIFAR100_INFO = DatasetInfo(
     hierarchy.cifar100_hierarchy(),
     mean=(0.5071, 0.4865, 0.4409),
     std=(0.2673, 0.2564, 0.2762),
+    augmentation=PAD_CROP_FLIP,
+    padding=4,
 )
 IMAGENET_INFO = DatasetInfo(
     "imagenet2012",
@@ -52,6 +66,8 @@ IMAGENET_INFO = DatasetInfo(
     hierarchy.imagenet_hierarchy(),
     mean=(0.485, 0.456, 0.406),
     std=(0.229, 0.224, 0.225),
+    augmentation=RANDOM_RESIZED_CROP_FLIP,
+    model_image_size=IMAGENET_MODEL_SIZE,
 )
 
 
@@ -114,40 +130,14 @@ def load_cifar100(split: str, data_dir: str | None) -> SplitData:
     return SplitData.from_arrays(CIFAR100_INFO, *_tfds_arrays("cifar100", split, data_dir))
 
 
-def centre_square(image: np.ndarray, size: int) -> np.ndarray:
-    """RGB: resizes the shorter side to `size` (bilinear, antialiased), then crops the centre size x size.
-
-    Grey images (one channel) are repeated to three channels.
-    """
-    from PIL import Image  # ImageNet only; a dependency of matplotlib.
-
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    height, width = image.shape[:2]
-    scale = size / min(height, width)
-    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
-    resized = np.asarray(Image.fromarray(image).resize((new_width, new_height), Image.BILINEAR))
-    top, left = (new_height - size) // 2, (new_width - size) // 2
-    return resized[top : top + size, left : left + size]
-
-
 def load_imagenet(split: str, data_dir: str | None) -> SplitData:
     """ImageNet (ILSVRC 2012) read on demand from TFDS array_record in `data_dir`.
 
-    `test` is an alias of `validation` (the test labels are not public). Images come back as the
-    256 x 256 centre square (`centre_square`); the input pipeline crops them to the model size.
+    `test` is an alias of `validation` (the test labels are not public). The stored images are the
+    256 x 256 centre squares of the originals (`pil_images.centre_square`); the input pipeline resizes
+    its crops of them from the decoded originals in one step (`image_readers.CentreSquareRecords`).
     """
     split = "validation" if split == "test" else split
     _check_split(IMAGENET_INFO, split, ("train", "validation"))
-    source = tfds_sources.open_data_source("imagenet2012", split, data_dir)
     labels = tfds_sources.cached_labels("imagenet2012", split, data_dir)
-
-    def read_images(indices: np.ndarray) -> np.ndarray:
-        images = tfds_sources.read_images(source, indices)
-        return (
-            np.stack([centre_square(image, IMAGENET_STORED_SIZE) for image in images])
-            if images
-            else np.zeros((0, *IMAGENET_INFO.image_shape), np.uint8)
-        )
-
-    return SplitData(IMAGENET_INFO, labels, read_images)
+    return SplitData(IMAGENET_INFO, labels, CentreSquareRecords("imagenet2012", split, data_dir, IMAGENET_STORED_SIZE))

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 
 from hrrl_jax.data import loaders
-from hrrl_jax.data.shifts import apply_shift
+from hrrl_jax.data.image_readers import ShiftedImages
 from hrrl_jax.data.split_data import DatasetInfo, SplitData
 from hrrl_jax.errors import DataError
 from hrrl_jax.schema import HOLDOUT_SPLIT, SHIFT_MARKER, SPLIT_PATTERN, known_dataset_names
@@ -34,7 +34,6 @@ _BASE_INFOS = {
     "cifar100": loaders.CIFAR100_INFO,
     "imagenet2012": loaders.IMAGENET_INFO,
 }
-_READ_ON_DEMAND = frozenset({"imagenet2012"})
 
 
 def _slice_bound(bound: str | None, size: int) -> int | None:
@@ -45,19 +44,12 @@ def _slice_bound(bound: str | None, size: int) -> int | None:
     return int(bound)
 
 
-def _with_shift(base: SplitData, name: str, shift: str, *, on_demand: bool) -> SplitData:
-    """The base split with `apply_shift` on every image: per batch read for data sets read on demand,
-    else the whole split once (the same values, as the noise is drawn per example)."""
-    info = dataclasses.replace(base.info, name=name)
-    if on_demand:
-        return SplitData(
-            info,
-            base.labels,
-            lambda indices: apply_shift(base.get_images(indices), shift, seed=SHIFT_SEED, example_ids=indices),
-        )
-    everything = np.arange(len(base))
-    shifted = apply_shift(base.get_images(everything), shift, seed=SHIFT_SEED, example_ids=everything)
-    return SplitData.from_arrays(info, shifted, base.labels)
+def _with_shift(base: SplitData, name: str, shift: str) -> SplitData:
+    """The base split with `apply_shift` on every image as it is read (the values of shifting the whole split
+    at once: each shift works per image and the noise is drawn per example)."""
+    return SplitData(
+        dataclasses.replace(base.info, name=name), base.labels, ShiftedImages(base.images, shift, SHIFT_SEED)
+    )
 
 
 def _kept_classes(num_classes: int, exclude_classes: Sequence[int], only_classes: Sequence[int]) -> list[int]:
@@ -138,7 +130,7 @@ def load_split(
             raise DataError(f"split {split!r} of {name} is empty ({size} examples in {match['split']!r}).")
         split_data = split_data.select(rows)
     if shift:
-        split_data = _with_shift(split_data, name, shift, on_demand=base_name in _READ_ON_DEMAND)
+        split_data = _with_shift(split_data, name, shift)
     if len(exclude_classes) or len(only_classes):
         split_data = _with_classes(
             split_data, _kept_classes(split_data.info.num_classes, exclude_classes, only_classes)
@@ -147,8 +139,9 @@ def load_split(
 
 
 def image_side(config: ml_collections.ConfigDict, info: DatasetInfo) -> int:
-    """The side of the images a run of `config` builds its model for: `dataset.image_size`, else the stored one."""
-    return info.image_shape[0] if config.dataset.image_size is None else int(config.dataset.image_size)
+    """The side of the images a run of `config` builds its model for: `dataset.image_size`, else the data set's
+    model image size, else the stored one (the side of what its input pipeline emits)."""
+    return info.output_side(config.dataset.image_size) or info.image_shape[0]
 
 
 def holdout_rows(labels: np.ndarray, classes: Sequence[int], *, fraction: float, seed: int) -> np.ndarray:

@@ -52,11 +52,6 @@ def decode_image(value: Any) -> np.ndarray:
     return image[:, :, None] if image.ndim == 2 else image
 
 
-def read_images(source: Sequence[dict[str, Any]], indices: np.ndarray) -> list[np.ndarray]:
-    """Decoded images of the given records, in order (they may differ in size)."""
-    return [decode_image(source[int(i)]["image"]) for i in indices]
-
-
 def read_labels(source: Sequence[dict[str, Any]], label_key: str = "label") -> np.ndarray:
     """Every label of a data source, int32 [N], in record order (one pass over the records)."""
     return np.array([int(source[i][label_key]) for i in range(len(source))], dtype=np.int32)
@@ -86,7 +81,7 @@ def cached_labels(name: str, split: str, data_dir: str | None) -> np.ndarray:
         if len(labels) == len(source):
             return labels.astype(np.int32)
         logging.warning("ignoring %s: %d labels for %d records", cache_file, len(labels), len(source))
-    labels = read_labels(_undecoded_source(name, split, data_dir) or source)
+    labels = read_labels(open_undecoded_source(name, split, data_dir))
     if os.path.isdir(cache_dir):
         try:
             np.save(cache_file, labels)
@@ -95,12 +90,10 @@ def cached_labels(name: str, split: str, data_dir: str | None) -> np.ndarray:
     return labels
 
 
-def _undecoded_source(name: str, split: str, data_dir: str | None) -> Sequence[dict[str, Any]] | None:
-    """The data source with image decoding skipped (fast label pass), or None where it cannot read.
-
-    Skipping decoding needs the records themselves; TFDS' mock data re-encodes images for it, which
-    needs TensorFlow, so there the decoding source is used instead.
-    """
+def open_undecoded_source(name: str, split: str, data_dir: str | None) -> Sequence[dict[str, Any]]:
+    """The data source with image decoding skipped (`image` holds the encoded bytes), or the decoding one where
+    skipping cannot read: TFDS' mock data re-encodes images for it, which needs TensorFlow."""
+    decoding = open_data_source(name, split, data_dir)
     source = tfds.data_source(
         name, split=split, data_dir=data_dir, download=False, decoders={"image": tfds.decode.SkipDecoding()}
     )
@@ -108,5 +101,5 @@ def _undecoded_source(name: str, split: str, data_dir: str | None) -> Sequence[d
         if len(source):
             source[0]
     except ImportError:
-        return None
+        return decoding
     return source

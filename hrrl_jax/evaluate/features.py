@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -29,6 +30,7 @@ from hrrl_jax.data import (
     describe_dataset,
     image_side,
     load_split,
+    normalise_images,
 )
 from hrrl_jax.mesh import data_parallel_mesh
 from hrrl_jax.models import configured_model
@@ -87,16 +89,20 @@ def extract_features(
         train=False,
         image_size=image_side(trained.config, trained.info),
         sharding=data_sharding,
+        num_workers=trained.config.dataset.num_workers,
     )
     variables = jax.device_put(trained.variables, replicated)
-    embed = jax.jit(functools.partial(_features, trained.model), out_shardings=replicated)
+    normalise = functools.partial(normalise_images, mean=split.info.mean, std=split.info.std)
+    embed = jax.jit(functools.partial(_features, trained.model, normalise), out_shardings=replicated)
     chunks = [np.asarray(embed(variables, batch["image"])) for batch in pipeline.eval_batches()]
     features = np.concatenate(chunks)[: len(split)] if chunks else np.zeros((0, 0), np.float32)
     return features.astype(np.float32), np.asarray(split.labels, np.int32)
 
 
-def _features(model: Any, variables: dict[str, Any], images: jax.Array) -> jax.Array:
-    return model.apply(variables, images, train=False)[1]
+def _features(
+    model: Any, normalise: Callable[[jax.Array], jax.Array], variables: dict[str, Any], images: jax.Array
+) -> jax.Array:
+    return model.apply(variables, normalise(images), train=False)[1]
 
 
 def split_from_images(trained: TrainedModel, images: np.ndarray, labels: np.ndarray | None) -> SplitData:

@@ -88,7 +88,7 @@ def train_and_evaluate(
             return
         checkpointer.save(step, state, {"step": step, "method": config.robust.method})
 
-    iterator = train_pipeline.iterate(start_step)
+    iterator = train_pipeline.iterate(start_step, total_steps)  # The batches of steps start_step .. total_steps - 1.
     try:
         with StopRequest() as stop:
             for step in range(start_step + 1, total_steps + 1):

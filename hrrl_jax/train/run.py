@@ -14,7 +14,15 @@ import ml_collections
 import numpy as np
 import optax
 
-from hrrl_jax.data import ConceptHierarchy, DatasetInfo, InputPipeline, SplitData, image_side, load_data
+from hrrl_jax.data import (
+    ConceptHierarchy,
+    DatasetInfo,
+    InputPipeline,
+    SplitData,
+    image_side,
+    load_data,
+    normalise_images,
+)
 from hrrl_jax.mesh import DataParallelMesh, data_parallel_mesh
 from hrrl_jax.models import configured_model
 from hrrl_jax.schema import durations_in_steps
@@ -82,6 +90,7 @@ def build_trainer(
         model, tx, image_shape=(side, side, info.image_shape[2]), seed=config.seed, replicated=replicated
     )
     state_shardings = jax.tree_util.tree_map(lambda leaf: leaf.sharding, state)
+    normalise = functools.partial(normalise_images, mean=info.mean, std=info.std)
     jitted_train_step = jax.jit(
         functools.partial(
             train_step,
@@ -90,13 +99,14 @@ def build_trainer(
             objective=objective,
             learning_rate_fn=learning_rate_fn,
             concept_of_class=np.asarray(info.hierarchy.concept_of_class),
+            normalise=normalise,
         ),
         in_shardings=(state_shardings, data_sharding),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
     )
     jitted_eval_step = jax.jit(
-        functools.partial(eval_step, model=model, num_classes=info.num_classes),
+        functools.partial(eval_step, model=model, num_classes=info.num_classes, normalise=normalise),
         in_shardings=(state_shardings, data_sharding),
         out_shardings=replicated,
     )
@@ -132,6 +142,7 @@ def build_run(
         image_size=image_size,
         augment=config.dataset.augment,
         sharding=data_sharding,
+        num_workers=config.dataset.num_workers,
     )
     eval_pipeline = InputPipeline(
         test_split,
@@ -140,6 +151,7 @@ def build_run(
         train=False,
         image_size=image_size,
         sharding=data_sharding,
+        num_workers=config.dataset.num_workers,
     )
     config = durations_in_steps(config, train_pipeline.steps_per_epoch)
     total_steps = int(config.total_steps)

@@ -6,6 +6,7 @@ jits them with `NamedSharding`s over the data-parallel mesh and donates the stat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypedDict
 
 import flax.linen as nn
@@ -61,6 +62,7 @@ def train_step(
     objective: Objective,
     learning_rate_fn: optax.Schedule,
     concept_of_class: np.ndarray,
+    normalise: Callable[[jax.Array], jax.Array],
 ) -> tuple[TrainState, Metrics]:
     """One SGD step on the (robustly) weighted mean loss of the global batch.
 
@@ -69,7 +71,7 @@ def train_step(
     adversary with the same per-example losses, labels and features. Under the `input` example level all of it,
     the metrics included, is taken at the worst-case images x' (`hrrl_jax.train.input_level`).
     """
-    images, labels = batch["image"], batch["label"]
+    images, labels = normalise(batch["image"]), batch["label"]  # uint8 from the pipeline, float32 from here on.
 
     if objective.input_gamma is not None:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -146,9 +148,17 @@ def worst_concept_loss(losses: jax.Array, labels: jax.Array, concept_of_class: n
     return jnp.max(means)
 
 
-def eval_step(state: TrainState, batch: Batch, *, model: nn.Module, num_classes: int) -> Metrics:
+def eval_step(
+    state: TrainState,
+    batch: Batch,
+    *,
+    model: nn.Module,
+    num_classes: int,
+    normalise: Callable[[jax.Array], jax.Array],
+) -> Metrics:
     """Per-class correct and total counts (padding masked out) and the summed loss of one eval batch."""
-    logits, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
+    images = normalise(batch["image"])
+    logits, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, images, train=False)
     labels, mask = batch["label"], batch["mask"]
     correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32) * mask
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels) * mask

@@ -1,5 +1,7 @@
-"""The ImageNet-format fixture of real JPEGs (benchmarks/imagenet_fixture.py), read as a prepared ImageNet."""
+"""The ImageNet-format fixture of real JPEGs (benchmarks/imagenet_fixture.py), read as a prepared ImageNet, and
+its input pipeline in worker processes."""
 
+import multiprocessing
 import os
 import re
 import sys
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from hrrl_jax.data import load_split
+from hrrl_jax.data import InputPipeline, load_split
 from hrrl_jax.data.hierarchy import imagenet_hierarchy
 from hrrl_jax.train.loop import train_and_evaluate
 from tests.train.helpers import REPO_ROOT, tiny_config
@@ -72,3 +74,20 @@ def test_two_training_steps_on_the_fixture(data_dir, tmp_path):
     # The 16 validation images have labels 0-15: the concepts of those classes.
     expected = {imagenet_hierarchy().concept_names[imagenet_hierarchy().concept_of_class[label]] for label in range(16)}
     assert set(results["per_concept_accuracy"]) == expected
+
+
+def test_two_workers_build_the_batches_of_none_across_an_epoch_and_for_evaluation(data_dir):
+    train, validation = (load_split("imagenet2012", split, data_dir=data_dir) for split in ("train", "validation"))
+    options = dict(global_batch_size=16, seed=3, image_size=64)
+    in_process = InputPipeline(train, **options, train=True)
+    assert in_process.steps_per_epoch == 3
+    expected = [in_process.host_batch(step) for step in range(1, 5)]
+    assert expected[0]["image"].shape == (16, 64, 64, 3) and expected[0]["image"].dtype == np.uint8
+    for got, want in zip(InputPipeline(train, **options, train=True, num_workers=2).iterate(1, 5), expected):
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_array_equal(got["label"], want["label"])
+    evaluation = InputPipeline(validation, **options, train=False, num_workers=2)
+    batches = list(evaluation.eval_batches())
+    assert len(batches) == 1 and batches[0]["mask"].sum() == VALIDATION_EXAMPLES
+    np.testing.assert_array_equal(batches[0]["image"], evaluation.host_eval_batch(0)["image"])
+    assert not multiprocessing.active_children()

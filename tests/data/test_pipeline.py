@@ -1,13 +1,15 @@
-"""InputPipeline: determinism given (seed, step), resume, evaluation padding, label checks, sharding."""
+"""InputPipeline: uint8 batches, determinism given (seed, step), resume, evaluation padding, label checks, sharding."""
 
 import jax
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hrrl_jax.data import InputPipeline, SplitData, load_split
+from hrrl_jax.data import DatasetInfo, InputPipeline, SplitData, load_split
 from hrrl_jax.data.image_ops import crop_with_padding, resize_bilinear
+from hrrl_jax.data.image_readers import ImageReader
 from hrrl_jax.data.loaders import DIGITS_INFO, FASHION_MNIST_INFO
+from hrrl_jax.data.split_data import PAD_CROP_FLIP
 
 BATCH = 32
 
@@ -30,15 +32,14 @@ def _same_batches(first: dict, second: dict) -> None:
         np.testing.assert_array_equal(np.asarray(first[key]), np.asarray(second[key]))
 
 
-def test_training_batches_are_normalised_and_labelled(digits_train):
+def test_training_batches_are_uint8_images_of_the_drawn_examples(digits_train):
     pipeline = InputPipeline(digits_train, global_batch_size=BATCH, seed=0, train=True)
     batch = pipeline.host_batch(0)
-    assert batch["image"].shape == (BATCH, 8, 8, 1) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (BATCH, 8, 8, 1) and batch["image"].dtype == np.uint8
     assert batch["label"].dtype == np.int32 and "mask" not in batch
     order = np.random.default_rng([0, 0, 0]).permutation(len(digits_train))[:BATCH]
     np.testing.assert_array_equal(batch["label"], digits_train.labels[order])
-    expected = (digits_train.get_images(order) / 255 - DIGITS_INFO.mean[0]) / DIGITS_INFO.std[0]
-    np.testing.assert_allclose(batch["image"], expected, atol=1e-5)  # digits: no augmentation
+    np.testing.assert_array_equal(batch["image"], digits_train.get_images(order))  # digits: no augmentation
 
 
 def test_same_seed_same_batches_and_resume_equals_fresh_run():
@@ -70,16 +71,16 @@ def test_augmentation_crops_and_flips_within_padding():
     pipeline = InputPipeline(split, global_batch_size=16, seed=0, train=True)
     plain = InputPipeline(split, global_batch_size=16, seed=0, train=True, augment=False)
     augmented, unaugmented = pipeline.host_batch(2)["image"], plain.host_batch(2)["image"]
-    assert not np.allclose(augmented, unaugmented)
-    zero = np.float32((0 - FASHION_MNIST_INFO.mean[0]) / FASHION_MNIST_INFO.std[0])
+    assert not np.array_equal(augmented, unaugmented)
+    assert FASHION_MNIST_INFO.padding == 2
     for image, original in zip(augmented, unaugmented):  # each is a shifted (and maybe mirrored) copy
         candidates = [
-            np.roll(np.pad(o, ((2, 2), (2, 2), (0, 0)), constant_values=zero), (dy, dx), (0, 1))[2:-2, 2:-2]
+            np.roll(np.pad(o, ((2, 2), (2, 2), (0, 0))), (dy, dx), (0, 1))[2:-2, 2:-2]
             for o in (original, original[:, ::-1])
             for dy in range(-2, 3)
             for dx in range(-2, 3)
         ]
-        assert any(np.allclose(image, candidate, atol=1e-5) for candidate in candidates)
+        assert any(np.array_equal(image, candidate) for candidate in candidates)
 
 
 def test_crop_with_padding_offsets():
@@ -92,7 +93,11 @@ def test_crop_with_padding_offsets():
 
 def test_image_size_resizes_digits(digits_train):
     pipeline = InputPipeline(digits_train, global_batch_size=BATCH, seed=0, train=True, image_size=28)
-    assert pipeline.host_batch(0)["image"].shape == (BATCH, 28, 28, 1)
+    batch = pipeline.host_batch(0)["image"]
+    assert batch.shape == (BATCH, 28, 28, 1) and batch.dtype == np.uint8
+    order = np.random.default_rng([0, 0, 0]).permutation(len(digits_train))[:BATCH]
+    resized = resize_bilinear(digits_train.get_images(order), 28, 28)
+    assert np.abs(batch - resized).max() <= 0.5 + 1e-4  # the pipeline's bilinear, rounded to uint8
     constant = np.full((2, 8, 8, 1), 9.0, np.float32)
     np.testing.assert_allclose(resize_bilinear(constant, 28, 28), 9.0, rtol=1e-6)
     ramp = np.broadcast_to(np.arange(8, dtype=np.float32)[None, None, :, None], (1, 8, 8, 1))
@@ -142,7 +147,27 @@ def test_sharded_global_batch_equals_host_batch(digits_train):
     assert eval_batch["mask"].sharding == sharding
 
 
-def test_prefetch_reraises_errors_from_the_thread(digits_train):
-    split = SplitData(DIGITS_INFO, digits_train.labels, lambda indices: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        next(InputPipeline(split, global_batch_size=BATCH, seed=0, train=True).iterate(0))
+class _Unreadable(ImageReader):
+    def stored(self, indices):
+        return 1 / 0
+
+
+def test_prefetch_reraises_errors_from_the_thread_with_the_step(digits_train):
+    split = SplitData(DIGITS_INFO, digits_train.labels, _Unreadable())
+    with pytest.raises(ZeroDivisionError) as error:
+        next(InputPipeline(split, global_batch_size=BATCH, seed=0, train=True).iterate(3))
+    assert "while building the training batch of step 3" in error.value.__notes__
+
+
+@pytest.mark.parametrize(
+    "policy, message",
+    [
+        ({"augmentation": "mixup"}, "augmentation must be one of"),
+        ({"augmentation": PAD_CROP_FLIP}, "padding must be > 0 with pad_crop_flip"),
+        ({"padding": 2}, "padding must be > 0 with pad_crop_flip and 0 otherwise; got 2"),
+    ],
+)
+def test_a_data_set_policy_that_cannot_work_is_an_error(policy, message):
+    fields = {"name": "x", "num_classes": 10, "image_shape": (8, 8, 1), "hierarchy": DIGITS_INFO.hierarchy}
+    with pytest.raises(ValueError, match=message):
+        DatasetInfo(**fields, mean=(0.5,), std=(0.2,), **policy)

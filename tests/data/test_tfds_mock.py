@@ -32,15 +32,14 @@ def test_cifar_pipeline(mock_tfds, name, num_classes, num_concepts):
     assert train.labels.min() >= 0 and train.labels.max() < num_classes
     pipeline = InputPipeline(train, global_batch_size=8, seed=0, train=True)
     batch = pipeline.host_batch(1)
-    assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.uint8
     assert np.all(np.isin(batch["label"], train.labels))
     concepts = train.info.hierarchy.concept_of_class[batch["label"]]
     assert concepts.min() >= 0 and concepts.max() < num_concepts
     test = load_split(name, "test")
     _check_eval_pass(InputPipeline(test, global_batch_size=10, seed=0, train=False), test)
-    expected = (test.get_images(np.arange(10)) / 255 - np.array(test.info.mean)) / np.array(test.info.std)
     first = next(InputPipeline(test, global_batch_size=10, seed=0, train=False).eval_batches())
-    np.testing.assert_allclose(first["image"], expected, atol=1e-5)
+    np.testing.assert_array_equal(first["image"], test.get_images(np.arange(10)))
 
 
 def test_cifar100_superclass_map(mock_tfds):
@@ -55,7 +54,7 @@ def test_imagenet_pipeline(mock_tfds):
     assert stored.shape == (3, 256, 256, 3) and stored.dtype == np.uint8
     pipeline = InputPipeline(train, global_batch_size=4, seed=0, train=True)
     batch = pipeline.host_batch(0)
-    assert batch["image"].shape == (4, 224, 224, 3) and np.isfinite(batch["image"]).all()
+    assert batch["image"].shape == (4, 224, 224, 3) and batch["image"].dtype == np.uint8
     assert np.all(np.isin(batch["label"], train.labels))
     concept_names = train.info.hierarchy.concept_names
     assert all(concept_names[k] for k in train.info.hierarchy.concept_of_class[batch["label"]])

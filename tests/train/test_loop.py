@@ -28,9 +28,11 @@ from tests.train.helpers import (
 )
 
 
-@pytest.mark.parametrize("method", ["erm", "hrrl"])
-def test_resume_is_bit_identical(tmp_path, method):
-    config = tiny_config(total_steps=8, robust__method=method)
+@pytest.mark.parametrize(
+    "method, num_workers", [("erm", 0), ("hrrl", 0), pytest.param("erm", 2, marks=pytest.mark.slow)]
+)
+def test_resume_is_bit_identical(tmp_path, method, num_workers):
+    config = tiny_config(total_steps=8, robust__method=method, dataset__num_workers=num_workers)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train_and_evaluate(config, str(straight))
     interrupted = train_and_evaluate(config, str(resumed), stop_at_step=4)
