@@ -73,15 +73,27 @@ def scalar_summary(results: dict[str, Any]) -> dict[str, float]:
 
 
 def format_results_table(results: dict[str, Any], *, title: str) -> str:
-    """A plain-text table of the final results for the console."""
-    rows = [("top-1", results["test_accuracy"])]
-    rows += [(f"  {name}", value) for name, value in results["per_concept_accuracy"].items()]
+    """A plain-text table of the final results for the console; with an adversary, its final concept distribution
+    beside each concept's accuracy and the weight ESS."""
+    distribution = results.get("concept_distribution")
+    rows = [("top-1", results["test_accuracy"], None)]
     rows += [
-        (f"worst concept ({results['worst_concept']})", results["worst_concept_accuracy"]),
-        (f"best concept ({results['best_concept']})", results["best_concept_accuracy"]),
-        ("best - worst", results["concept_accuracy_gap"]),
+        (f"  {name}", value, None if distribution is None else distribution[name])
+        for name, value in results["per_concept_accuracy"].items()
     ]
-    width = max(len(name) for name, _ in rows) + 2
+    rows += [
+        (f"worst concept ({results['worst_concept']})", results["worst_concept_accuracy"], None),
+        (f"best concept ({results['best_concept']})", results["best_concept_accuracy"], None),
+        ("best - worst", results["concept_accuracy_gap"], None),
+    ]
+    width = max(len(name) for name, _, _ in rows) + 2
     lines = [f"Results: {title} (step {results['step']}, {results['num_test_examples']} test examples)"]
-    lines += [f"{name:<{width}}{100 * value:6.2f}%" for name, value in rows]
+    if distribution is not None:
+        lines.append(f"{'':<{width}}{'acc':>7}  final p")
+    lines += [
+        f"{name:<{width}}{100 * value:6.2f}%" + ("" if share is None else f"  {share:.3f}")
+        for name, value, share in rows
+    ]
+    if "weight_ess" in results:
+        lines.append(f"weight ESS (last log window): {results['weight_ess']:.3f}")
     return "\n".join(lines)

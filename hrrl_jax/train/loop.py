@@ -10,6 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from hrrl_jax import robust
 from hrrl_jax.config_checks import validate_config
 from hrrl_jax.errors import UserError
 from hrrl_jax.train import evaluation
@@ -65,6 +66,7 @@ def train_and_evaluate(
     window: list[dict[str, jax.Array]] = []
     window_start = time.perf_counter()
     unchecked: tuple[int, dict[str, jax.Array]] | None = None
+    last_summary: dict[str, np.ndarray] = {}
 
     def check_finite() -> None:
         """Raises if the last step's loss, gradients or new parameters are not finite (before any save)."""
@@ -102,6 +104,7 @@ def train_and_evaluate(
                     summary = _mean_metrics(window)
                     summary["steps_per_second"] = len(window) / max(elapsed, 1e-9)
                     record = writer.write(step, summary) if writer is not None else None
+                    last_summary = summary
                     progress.update(len(window), record)
                     window, window_start = [], time.perf_counter()
                 if durations.eval_every_steps > 0 and step % durations.eval_every_steps == 0 and step < total_steps:
@@ -120,8 +123,8 @@ def train_and_evaluate(
         progress.close()
         final_step = int(jax.device_get(state.step))
         save(final_step)
-        results = evaluate(state)
-        results = {"step": final_step, **results}
+        adversary = _adversary_summary(state, hierarchy, run.trainer.objective.reweights, last_summary)
+        results = {"step": final_step, **evaluate(state), **adversary}
         if is_main_process:
             directory.write_results(results)
             print(evaluation.format_results_table(results, title=f"{config.robust.method} on {info.name}"))
@@ -132,6 +135,20 @@ def train_and_evaluate(
         if writer is not None:
             writer.close()
         checkpointer.close()
+
+
+def _adversary_summary(
+    state: TrainState, hierarchy: Any, reweights: bool, last_summary: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """For the methods that reweight: the final concept distribution p by concept name, and the mean weight ESS
+    of the last log window this launch trained (absent when it trained none); empty for the others."""
+    if not reweights:
+        return {}
+    distribution = np.asarray(jax.device_get(robust.concept_distribution(state.opt_state)), np.float64)
+    summary: dict[str, Any] = {"concept_distribution": dict(zip(hierarchy.concept_names, distribution.tolist()))}
+    if "weight_ess" in last_summary:
+        summary["weight_ess"] = float(last_summary["weight_ess"])
+    return summary
 
 
 def _report_config_changes(changed: dict[str, list[Any]], step: int) -> None:

@@ -14,6 +14,7 @@ import pytest
 from hrrl_jax import robust
 from hrrl_jax.data import load_data
 from hrrl_jax.errors import ConfigError
+from hrrl_jax.train import evaluation
 from hrrl_jax.train.loop import NonFiniteLossError, train_and_evaluate
 from hrrl_jax.train.run import build_run
 from hrrl_jax.workdir import CheckpointError, WorkDir
@@ -189,3 +190,19 @@ def test_a_warm_up_longer_than_the_run_in_epochs_is_a_config_error_before_traini
     with pytest.raises(ConfigError, match="config.optimizer.warmup_steps"):
         train_and_evaluate(config, str(tmp_path))
     assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
+
+
+def test_results_report_the_final_concept_distribution_and_weight_ess(tmp_path):
+    config = tiny_config(total_steps=8, log_every_steps=1, robust__method="hrrl")  # Window = the last step.
+    results = train_and_evaluate(config, str(tmp_path / "hrrl"))
+    last_record = WorkDir(str(tmp_path / "hrrl")).read_metrics()[-1]
+    assert last_record["step"] == 8
+    distribution = results["concept_distribution"]
+    np.testing.assert_allclose(list(distribution.values()), last_record["concept_distribution"], rtol=1e-6)
+    assert list(distribution) == list(results["per_concept_accuracy"])
+    assert results["weight_ess"] == pytest.approx(last_record["weight_ess"], rel=1e-6)
+    table = evaluation.format_results_table(results, title="hrrl")
+    assert "final p" in table and f"weight ESS (last log window): {results['weight_ess']:.3f}" in table
+    erm = train_and_evaluate(tiny_config(total_steps=2, robust__method="erm"), str(tmp_path / "erm"))
+    assert "concept_distribution" not in erm and "weight_ess" not in erm
+    assert "final p" not in evaluation.format_results_table(erm, title="erm")
