@@ -28,10 +28,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from hrrl_jax.config_checks import config_from_json
+from hrrl_jax.data import describe_dataset
 from hrrl_jax.errors import ConfigError
 from hrrl_jax.evaluate import plots
+from hrrl_jax.evaluate.concepts import concept_groups
 from hrrl_jax.evaluate.features import load_trained_model
 from hrrl_jax.evaluate.protocol_report import render_confirmation_report, render_selection_log
 from hrrl_jax.evaluate.report import summarise
@@ -74,7 +77,13 @@ class Selection:
 
 def phase_targets(config: ml_collections.ConfigDict, phase: str) -> dict[str, Callable[[], TargetData]]:
     """Target name -> its data in `phase`, each loaded on first use and kept (`within_concept` if it has shots)."""
-    names = list(config.compare.targets) + ([WITHIN_CONCEPT] if config.compare.within_concept_shots else [])
+    shots = config.compare.within_concept_shots
+    if shots and not concept_groups(describe_dataset(config.dataset.name).hierarchy):
+        raise ConfigError(
+            f"config.compare.within_concept_shots={tuple(shots)!r}: no concept of {config.dataset.name} has two "
+            "classes, so there is no within-concept task; set it to ()."
+        )
+    names = list(config.compare.targets) + ([WITHIN_CONCEPT] if shots else [])
     return {name: functools.cache(functools.partial(load_target, config, name, phase)) for name in names}
 
 
@@ -175,8 +184,8 @@ def _scored_entry(arm: ResolvedArm, records: list[dict[str, Any]], config: ml_co
     compare = config.compare
     targets = list(compare.targets)
 
-    def mean(values):
-        return summarise(dict(enumerate(values)))["mean"]
+    def mean(values: list[float]) -> float:
+        return float(np.mean(values))
 
     metrics = ("probe", "recall_at_1", "recall_at_1_centred", "probe_worst_concept")
     return {

@@ -10,6 +10,7 @@ import pytest
 from hrrl_jax import schema
 from hrrl_jax.config_checks import validate_config
 from hrrl_jax.data import load_data, registry
+from hrrl_jax.errors import ConfigError
 from hrrl_jax.experiments import protocol, protocol_targets
 from tests.train.helpers import tiny_config
 
@@ -130,6 +131,14 @@ def test_selection_rounds_constraint_equal_arms_and_confirmation(tmp_path, monke
     assert "| held_out 1-shot | 50.00 ± 0.00 (2); draws ± 10.00 |" in report
     for name in ("per_concept_accuracy", "transfer_accuracy", "concept_distribution", "few_shot_curves"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000, name
+
+
+def test_within_concept_tasks_need_a_concept_of_two_classes(tmp_path):
+    config = protocol_config()
+    config.compare.within_concept_shots = (5,)
+    with pytest.raises(ConfigError, match=r"^config.compare.within_concept_shots=\(5,\): no concept of digits"):
+        protocol.run_selection(config, str(tmp_path))
+    assert not list(tmp_path.iterdir())  # Refused before any run.
 
 
 def test_a_family_without_a_selectable_arm_is_not_combined_nor_confirmed(tmp_path, monkeypatch):
