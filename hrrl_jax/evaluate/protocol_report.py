@@ -3,7 +3,8 @@
 A protocol record is one run: {"arm", "method" (the label, e.g. `hrrl*`), "seed", "source": the trainer's
 results, "targets": {target: hrrl_jax.experiments.protocol_targets.evaluate_target's dict}, "within_concept":
 {shots: hrrl_jax.evaluate.few_shot.within_concept_few_shot's dict}}. `record_measures` flattens one into named
-accuracies by section; the confirmation report gives each measure's mean ± std over seeds per method and the paired
+accuracies by section (per-concept probe accuracy and the worst concept for the example-level targets, the shifts of
+the source classes); the confirmation report gives each measure's mean ± std over seeds per method and the paired
 differences between methods with 95 % t-intervals (bold where the interval excludes 0). Few-shot cells add the
 draw-to-draw spread (the mean over seeds of the std over draws). Accuracies are fractions, printed in percent.
 """
@@ -21,6 +22,12 @@ from hrrl_jax.evaluate.report import markdown_table, paired_difference, summaris
 SECTIONS = ("Source", "Targets", "Few-shot", "Within-concept few-shot", "Per concept")
 
 
+def target_level(name: str) -> str:
+    """`example` for a comparison target of the source classes under a shift (`shift/<s>`), else `concept`
+    (new classes, another data set)."""
+    return "example" if name.startswith("shift/") else "concept"
+
+
 def record_measures(record: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """{section: {measure: accuracy}} of one record, sections in SECTIONS order (empty ones left out)."""
     source = record["source"]
@@ -35,7 +42,7 @@ def record_measures(record: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     measures["Per concept"] = {f"source: {concept}": value for concept, value in per_concept.items()}
     for target, result in record.get("targets", {}).items():
         measures["Targets"][f"{target} probe"] = result["probe"]
-        if len(result["probe_per_concept"]) > 1:
+        if target_level(target) == "example":
             measures["Targets"][f"{target} probe worst concept"] = result["probe_worst_concept"]
             for concept, value in result["probe_per_concept"].items():
                 measures["Per concept"][f"{target} probe: {concept}"] = value

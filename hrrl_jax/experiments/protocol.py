@@ -36,7 +36,7 @@ from hrrl_jax.errors import ConfigError
 from hrrl_jax.evaluate import plots
 from hrrl_jax.evaluate.concepts import concept_groups
 from hrrl_jax.evaluate.features import load_trained_model
-from hrrl_jax.evaluate.protocol_report import render_confirmation_report, render_selection_log
+from hrrl_jax.evaluate.protocol_report import render_confirmation_report, render_selection_log, target_level
 from hrrl_jax.evaluate.report import summarise
 from hrrl_jax.experiments.arms import Arm, ResolvedArm, arm_run_config, arms_from_config, resolve_arm
 from hrrl_jax.experiments.compare import SOURCE_KEYS, concept_distribution_history, trained_results
@@ -48,7 +48,6 @@ from hrrl_jax.experiments.protocol_targets import (
     evaluate_target,
     evaluate_within_concept,
     load_target,
-    target_level,
 )
 from hrrl_jax.experiments.selection import (
     Candidate,

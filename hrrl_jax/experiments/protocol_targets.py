@@ -45,11 +45,6 @@ class TargetData:
     evaluation: SplitData
 
 
-def target_level(name: str) -> str:
-    """`example` for the appearance shifts of the source classes, `concept` for new classes or data sets."""
-    return "example" if name.startswith("shift/") else "concept"
-
-
 def _target_source(config: ml_collections.ConfigDict, name: str) -> tuple[str, dict[str, tuple[int, ...]], bool]:
     """(data set name, class filters, whether it is built from the source's images) of a target."""
     dataset = config.dataset

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hrrl_jax.experiments.protocol_targets import target_level
+from hrrl_jax.evaluate.protocol_report import target_level
 
 # Comparisons of accuracies allow this much float rounding (an accuracy is a count over thousands of examples).
 _ROUNDING = 1e-9

@@ -50,7 +50,7 @@ def test_measures_by_section():
     assert measures["Source"]["source gap (best − worst)"] == pytest.approx(0.2)
     assert list(measures["Targets"]) == [
         "shift/blur probe",
-        "shift/blur probe worst concept",  # One concept (digits): no worst-concept row.
+        "shift/blur probe worst concept",  # Only a shift's probe is read out per concept.
         "shift/blur R@1",
         "shift/blur R@1 centred",
         "digits probe",
@@ -59,6 +59,10 @@ def test_measures_by_section():
     ]
     assert measures["Few-shot"] == {"digits 5-shot": 0.6}
     assert measures["Per concept"]["shift/blur probe: bags"] == 0.9
+    assert "digits probe: 0" not in measures["Per concept"]
+    assert (
+        protocol_report.target_level("shift/blur") == "example" and protocol_report.target_level("digits") == "concept"
+    )
     assert protocol_report.draw_spreads(_record("erm*", 0, 0.8))["digits 5-shot"] == 0.05
 
 
