@@ -147,7 +147,6 @@ def _arm_list(value: Any) -> str | None:
     return None if ok else "must be a tuple of arms, each a dict with a name and a method"
 
 
-
 RULES: dict[str, Check] = {
     "seed": _NON_NEGATIVE_INTEGER,
     "batch_size": _POSITIVE_INTEGER,
@@ -372,7 +371,6 @@ def _check_protocol(config: ml_collections.ConfigDict) -> None:
             f"config.compare.confirmation_seeds={compare['confirmation_seeds']!r}: seeds {shared} also select; "
             "confirmation needs fresh seeds."
         )
-
 
 
 def _check_relations(config: ml_collections.ConfigDict) -> None:
