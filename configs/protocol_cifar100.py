@@ -14,7 +14,7 @@ Scale: ResNet-18 of width 64 with the small-image stem, 4,000 steps of batch 256
 images), SGD Nesterov 0.1 cosine, bf16. The arms' warm start and annealing span 3,000 steps, the deferral 1,000.
 Cost: not measured (no CIFAR-100 can be had offline). Estimate: about 0.56 GFLOPs per image forward, 1.0 M images
 per run: 2 to 4 minutes per run on one H100/H200-class GPU with the target measurements (about 150,000 images
-embedded per run), so the 19 arms of selection take about 1 hour and the 25 confirmation runs about 1 h 15 min.
+embedded per run), so the 20 arms of selection take about 1 hour and the 25 confirmation runs about 1 h 15 min.
 """
 
 import ml_collections

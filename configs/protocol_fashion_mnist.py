@@ -16,12 +16,10 @@ Nesterov 0.1 cosine, weight decay 5e-4). The GPU scale of the v1 comparison is t
 `--config.model.width=32 --config.num_epochs=10 --config.batch_size=256` (the arms keep the step counts written for
 400 steps).
 
-Cost (2 CPU cores, measured 2026-12-02 with other jobs sharing the cores): the arm erm_wd5e-4 trained in 167 s and its
-targets were measured in 37 s (probes on 2,000 pool images per target, few-shot draws); el_input_gamma1 took 363 s and
-54 s (the `input` form adds a forward and backward pass per step); loading the targets once, 4 s. The 19 arms to select
-among (2 erm, 6 el, 7 cl, up to 2 hrrl, 2 group_dro) make the selection about 1 h 10 min; confirming the 5 selected
-arms on 5 seeds, 25 runs, about 1 h 30 min (20 min more if an `input` arm is selected). Timed by
-calling hrrl_jax.experiments.protocol.protocol_record for one arm on seed 0 (training, then the target measurements).
+Cost (2 CPU cores, measured 2026-12-02): the whole selection, 20 arms (2 erm, 7 el, 7 cl, 2 hrrl, 2 group_dro),
+took 40 min with other jobs sharing the cores: an arm trains in 70-90 s (the `input` arms about 2.6 times that, one
+more forward and backward per step) and its targets are measured in about 40 s (probes fitted on 2,000 pool images
+per target, few-shot draws). Confirming the 5 selected arms on 5 seeds, 25 runs, should take about an hour.
 """
 
 import ml_collections

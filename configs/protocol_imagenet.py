@@ -16,7 +16,7 @@ of the CPU scale). The arms' warm start and annealing span 15,000 steps, the def
 Cost: not measured (no ImageNet can be had offline). Estimate: 20 M training images per run; the JPEG input needs
 about one worker process per 450 images/s (README, Data), so a 16-core host feeds one GPU about 6,000 images/s:
 about 1 hour per run, plus a few minutes to embed the 0.6 M images of its target measurements (the shifts are
-applied on the host as images are read). The 19 arms of selection take about 20 GPU-hours, the 25 confirmation runs
+applied on the host as images are read). The 20 arms of selection take about 20 GPU-hours, the 25 confirmation runs
 about 26: 2 days on one GPU, about 6 hours on 8 with hosts to match.
 """
 

@@ -12,7 +12,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from configs import default  # noqa: E402
+from configs import base  # noqa: E402
 
 TINY_OVERRIDES = {
     "dataset.name": "digits",
@@ -26,8 +26,8 @@ TINY_OVERRIDES = {
 
 
 def tiny_config(**overrides):
-    """The default config shrunk to digits, a width-4 ResNet-18 and a few steps; `a__b=v` sets `a.b`."""
-    config = default.get_config()
+    """The base config (ERM) shrunk to digits, a width-4 ResNet-18 and a few steps; `a__b=v` sets `a.b`."""
+    config = base.get_config()
     for key, value in {**TINY_OVERRIDES, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
         node = config
         *parents, leaf = key.split(".")
