@@ -149,7 +149,8 @@ def default_config() -> ml_collections.ConfigDict:
     config.dataset.image_size = _unset()  # None: native resolution.
     config.dataset.augment = True
     # Worker processes building input batches (0: a thread of each trainer process). ImageNet's JPEG decoding and
-    # crops need about one per 450 images/s of the step (README, Data); in-memory data sets need none.
+    # crops need about one per 580 images/s of the step (measured per core: README, "Data and the input pipeline");
+    # in-memory data sets need none.
     config.dataset.num_workers = 0
     config.dataset.exclude_classes = ()  # Classes held out of training (relabelled contiguously).
     config.dataset.only_classes = ()
