@@ -7,14 +7,20 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from hrrl_jax.data import InputPipeline, load_split
+from hrrl_jax.data import InputPipeline, load_split, loaders
 from hrrl_jax.data.tfds_sources import decode_image
 
 
 @pytest.fixture
 def mock_tfds():
-    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=24):
-        yield
+    """TFDS' mock data for the test, and none of it left in the loaders' cache of arrays afterwards (a later test
+    mocking another size, or reading real data, must not get these 24 examples)."""
+    loaders._tfds_arrays.cache_clear()
+    try:
+        with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=24):
+            yield
+    finally:
+        loaders._tfds_arrays.cache_clear()
 
 
 def _check_eval_pass(pipeline: InputPipeline, split) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from configs import protocol_cifar100, protocol_fashion_mnist, protocol_imagenet
 from hrrl_jax.config_checks import validate_config
-from hrrl_jax.data import registry
+from hrrl_jax.data import loaders, registry
 from hrrl_jax.experiments import compare, protocol
 from tests.train.helpers import REPO_ROOT
 
@@ -126,8 +126,12 @@ def test_cifar100_protocol_config_end_to_end_on_mock_data(tmp_path, split_reads)
         probe_train_examples=3_000,
         confirmation_seeds=(1,),
     )
-    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=3_000):
-        _, records = run_phases(config, tmp_path, split_reads)
+    loaders._tfds_arrays.cache_clear()  # Arrays an earlier test read under another mock size.
+    try:
+        with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE, num_examples=3_000):
+            _, records = run_phases(config, tmp_path, split_reads)
+    finally:
+        loaders._tfds_arrays.cache_clear()
     assert {read[0] for read in split_reads} == {"cifar100", "cifar10"}
     within = records[0]["within_concept"]["1"]["per_concept"]
     assert len(within) == 20  # Every superclass: its 4 source classes and its held-out one.
