@@ -20,8 +20,7 @@ embedded per run), so the 20 arms of selection take about 1 hour and the 25 conf
 import ml_collections
 
 from configs import base
-from configs.protocol_fashion_mnist import protocol_arms
-from hrrl_jax import schema
+from configs.protocol_fashion_mnist import protocol_compare_config
 
 # The last class (by label) of each of the 20 superclasses, ascending.
 HELD_OUT_CLASSES = (24, 38, 61, 71, 75, 76, 80, 83, 87, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99)
@@ -38,19 +37,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 1_000
     config.precision = "bfloat16"
 
-    config.compare = schema.default_compare_config()
-    config.compare.arms = protocol_arms(config.total_steps)
-    config.compare.targets = (
-        "shift/lowres2",
-        "shift/lowres4",
-        "shift/rotate30",
-        "shift/blur",
-        "shift/noise",
-        "held_out",
-        "cifar10",
-    )
-    config.compare.few_shot_targets = ("held_out", "cifar10")
-    config.compare.few_shot_shots = (1, 5, 10, 20)
-    config.compare.within_concept_shots = (5, 20)
-    config.compare.probe_train_examples = 10_000
+    config.compare = protocol_compare_config(config.total_steps, other_dataset="cifar10", probe_train_examples=10_000)
     return config

@@ -67,6 +67,21 @@ def protocol_arms(total_steps: int) -> tuple[dict, ...]:
     )
 
 
+def protocol_compare_config(
+    total_steps: int, *, other_dataset: str, probe_train_examples: int
+) -> ml_collections.ConfigDict:
+    """`config.compare` of protocol v2: its arms, the shifted source classes, the held-out classes and
+    `other_dataset` as targets, few-shot read-outs on the last two; seeds are the schema's (0; then 1-5)."""
+    compare = schema.default_compare_config()
+    compare.arms = protocol_arms(total_steps)
+    compare.targets = (*(f"shift/{shift}" for shift in schema.KNOWN_SHIFTS), "held_out", other_dataset)
+    compare.few_shot_targets = ("held_out", other_dataset)
+    compare.few_shot_shots = (1, 5, 10, 20)
+    compare.within_concept_shots = (5, 20)
+    compare.probe_train_examples = probe_train_examples
+    return compare
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = base.get_config()
     config.dataset.exclude_classes = HELD_OUT_CLASSES
@@ -76,21 +91,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200
 
-    config.compare = schema.default_compare_config()
-    config.compare.arms = protocol_arms(config.total_steps)
-    config.compare.selection_seeds = (0,)
-    config.compare.confirmation_seeds = (1, 2, 3, 4, 5)
-    config.compare.targets = (
-        "shift/lowres2",
-        "shift/lowres4",
-        "shift/rotate30",
-        "shift/blur",
-        "shift/noise",
-        "held_out",
-        "digits",
-    )
-    config.compare.few_shot_targets = ("held_out", "digits")
-    config.compare.few_shot_shots = (1, 5, 10, 20)
-    config.compare.within_concept_shots = (5, 20)
-    config.compare.probe_train_examples = 2_000
+    config.compare = protocol_compare_config(config.total_steps, other_dataset="digits", probe_train_examples=2_000)
     return config

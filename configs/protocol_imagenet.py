@@ -23,8 +23,7 @@ about 26: 2 days on one GPU, about 6 hours on 8 with hosts to match.
 import ml_collections
 
 from configs import imagenet_resnet18
-from configs.protocol_fashion_mnist import protocol_arms
-from hrrl_jax import schema
+from configs.protocol_fashion_mnist import protocol_compare_config
 
 # The last class (by label) of each of the 11 concepts, ascending.
 HELD_OUT_CLASSES = (146, 268, 388, 397, 910, 914, 915, 916, 918, 921, 999)
@@ -43,19 +42,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.warmup_epochs = None
     config.optimizer.warmup_steps = 1_000
 
-    config.compare = schema.default_compare_config()
-    config.compare.arms = protocol_arms(config.total_steps)
-    config.compare.targets = (
-        "shift/lowres2",
-        "shift/lowres4",
-        "shift/rotate30",
-        "shift/blur",
-        "shift/noise",
-        "held_out",
-        "cifar10",
-    )
-    config.compare.few_shot_targets = ("held_out", "cifar10")
-    config.compare.few_shot_shots = (1, 5, 10, 20)
-    config.compare.within_concept_shots = (5, 20)
-    config.compare.probe_train_examples = 50_000
+    config.compare = protocol_compare_config(config.total_steps, other_dataset="cifar10", probe_train_examples=50_000)
     return config
