@@ -10,26 +10,12 @@ import pytest
 
 from configs import protocol_cifar100, protocol_fashion_mnist, protocol_imagenet
 from hrrl_jax.config_checks import validate_config
-from hrrl_jax.data import loaders, registry
+from hrrl_jax.data import loaders
 from hrrl_jax.experiments import compare, protocol
 from tests.train.helpers import REPO_ROOT
 
 FASHION_MNIST_FILES = "/usr/share/datasets/fashion-mnist"
 TINY_BUDGET = {"total_steps": 3, "batch_size": 16, "log_every_steps": 1, "checkpoint_every_steps": 100}
-
-
-@pytest.fixture
-def split_reads(monkeypatch):
-    """(data set, split) of every base split read, through any loader."""
-    reads = []
-    for name, loader in list(registry._BASE_LOADERS.items()):
-
-        def spy(split, data_dir, loader=loader, name=name):
-            reads.append((name, split))
-            return loader(split, data_dir)
-
-        monkeypatch.setitem(registry._BASE_LOADERS, name, spy)
-    return reads
 
 
 def tiny(config, *, arms, **compare_values):

@@ -9,7 +9,7 @@ import pytest
 
 from hrrl_jax import schema
 from hrrl_jax.config_checks import validate_config
-from hrrl_jax.data import load_data, registry
+from hrrl_jax.data import load_data
 from hrrl_jax.errors import ConfigError
 from hrrl_jax.experiments import protocol, protocol_targets
 from tests.train.helpers import tiny_config
@@ -153,20 +153,6 @@ def test_a_family_without_a_selectable_arm_is_not_combined_nor_confirmed(tmp_pat
     assert statuses["hrrl_sel"] == statuses["hrrl_dup"] == "not trained: cl had no selectable arm"
     assert {call[1] for call in calls if call[0] == "confirmation"} == {"erm_a", "el_z"}
     assert "| cl | 2 | none selectable |" in (tmp_path / "confirmation.md").read_text()
-
-
-@pytest.fixture
-def split_reads(monkeypatch):
-    """(data set, split) of every base split read, through any loader."""
-    reads = []
-    for name, loader in list(registry._BASE_LOADERS.items()):
-
-        def spy(split, data_dir, loader=loader, name=name):
-            reads.append((name, split))
-            return loader(split, data_dir)
-
-        monkeypatch.setitem(registry._BASE_LOADERS, name, spy)
-    return reads
 
 
 def test_selection_reads_no_test_split_and_confirmation_reads_them(tmp_path, monkeypatch, split_reads):
