@@ -55,15 +55,7 @@ def get_config():
     config.compare.lambda_sweep = (10.0, 1.0, 0.1)
     config.compare.sweep_methods = ("cl", "hrrl")
     config.compare.sweep_seeds = (0,)
-    config.compare.targets = (
-        "shift/lowres2",
-        "shift/lowres4",
-        "shift/rotate30",
-        "shift/blur",
-        "shift/noise",
-        "held_out",
-        "digits",
-    )
+    config.compare.targets = (*(f"shift/{shift}" for shift in schema.KNOWN_SHIFTS), "held_out", "digits")
     config.compare.probe_train_examples = 10_000
     config.compare.write_report = True  # False: only train and evaluate runs (to share them over processes).
     config.compare.notes = ""
