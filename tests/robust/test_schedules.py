@@ -15,23 +15,13 @@ from hrrl_jax.robust import (
     loss_weights,
 )
 from hrrl_jax.robust.schedules import SCHEDULE_CHECK_STEPS
+from tests.robust.helpers import CONCEPT_OF_CLASS, CONCEPT_SIZES, random_batch
 
-CONCEPT_OF_CLASS = np.array([0, 0, 1, 2, 2, 3])
-CONCEPT_SIZES = np.array([40, 10, 30, 20])
 UNIT_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
 
 
-def _batch(seed: int, size: int = 16):
-    rng = np.random.default_rng(seed)
-    return (
-        jnp.asarray(rng.uniform(0.0, 3.0, size), jnp.float32),
-        jnp.asarray(rng.integers(0, 6, size)),
-        jnp.asarray(rng.normal(size=(size, 5)), jnp.float32),
-    )
-
-
 def _update(tx, state, seed: int, with_features: bool = True):
-    loss, labels, features = _batch(seed)
+    loss, labels, features = random_batch(seed)
     _, state = tx.update({}, state, per_example_loss=loss, labels=labels, features=features if with_features else None)
     return state
 
@@ -50,7 +40,7 @@ def test_group_dro_on_cumulative_losses_equals_kl_on_running_means_with_lambda_o
         example_level="none",
     )
     cumulative_state, annealed_state = cumulative.init({}), annealed.init({})
-    _, labels, _ = _batch(100)
+    _, labels, _ = random_batch(100)
     argument = np.zeros(4)  # a_t = η Σ_{s<t} f̂_s, in float64.
     for step in range(num_updates + 1):
         # Both play p_t = softmax(log q + a_t). The sum form rounds a_t by at most (t + 1)u relative (t − 1 additions
@@ -66,7 +56,7 @@ def test_group_dro_on_cumulative_losses_equals_kl_on_running_means_with_lambda_o
         )
         cumulative_state = _update(cumulative, cumulative_state, step, with_features=False)
         annealed_state = _update(annealed, annealed_state, step, with_features=False)
-        loss, batch_labels, _ = _batch(step)
+        loss, batch_labels, _ = random_batch(step)
         argument += eta * np.asarray(concept_loss_estimate(loss, batch_labels, CONCEPT_OF_CLASS, CONCEPT_SIZES))
     assert np.max(np.abs(np.asarray(p_sum) - 0.25)) > 0.05  # p moved far from q: the agreement is not trivial.
 
@@ -109,7 +99,7 @@ def test_example_weights_use_gamma_and_temperature_at_the_state_step_in_weights_
     )
     state = tx.init({})
     for step in range(3):
-        loss, labels, features = _batch(step)
+        loss, labels, features = random_batch(step)
         v = example_weights(loss, features, labels, gamma=gamma(step), temperature=temperature(step))
         np.testing.assert_allclose(loss_weights(state, labels, per_example_loss=loss, features=features), v, rtol=1e-6)
         estimate = concept_loss_estimate(loss, labels, CONCEPT_OF_CLASS, CONCEPT_SIZES, weights=v)
@@ -119,7 +109,7 @@ def test_example_weights_use_gamma_and_temperature_at_the_state_step_in_weights_
 
 
 def test_a_constant_schedule_gives_the_number_exactly():
-    loss, labels, features = _batch(5)
+    loss, labels, features = random_batch(5)
     results = []
     for hyperparameters in (
         {"lam": 0.3, "gamma": 0.5, "example_temperature": 0.7},

@@ -19,25 +19,14 @@ from hrrl_jax.robust import (
     hierarchical_reweighting,
     loss_weights,
 )
-
-CONCEPT_OF_CLASS = np.array([0, 0, 1, 2, 2, 3])
-CONCEPT_SIZES = np.array([40, 10, 30, 20])
-
-
-def _batch(seed: int, size: int = 16):
-    rng = np.random.default_rng(seed)
-    return (
-        jnp.asarray(rng.uniform(0.0, 3.0, size), jnp.float32),
-        jnp.asarray(rng.integers(0, 6, size)),
-        jnp.asarray(rng.normal(size=(size, 5)), jnp.float32),
-    )
+from tests.robust.helpers import CONCEPT_OF_CLASS, CONCEPT_SIZES, random_batch
 
 
 def _run_updates(tx, num_steps: int, example_level: bool = True):
     state = tx.init({"w": jnp.zeros(2)})
     estimates = []
     for seed in range(num_steps):
-        loss, labels, features = _batch(seed)
+        loss, labels, features = random_batch(seed)
         _, state = tx.update(
             {"w": jnp.ones(2)},
             state,
@@ -86,7 +75,7 @@ def test_group_dro_is_exponentiated_gradient_on_cumulative_losses():
 
 def test_update_leaves_gradients_unchanged_and_ignores_unknown_extra_args():
     tx = hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES)
-    loss, labels, features = _batch(0)
+    loss, labels, features = random_batch(0)
     grads = {"w": jnp.array([1.0, -2.0])}
     updates, _ = tx.update(
         grads,
@@ -103,7 +92,7 @@ def test_update_leaves_gradients_unchanged_and_ignores_unknown_extra_args():
 @pytest.mark.parametrize("missing", ["per_example_loss", "labels", "features"])
 def test_missing_extra_arg_names_it_at_trace_time(missing):
     tx = hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES)
-    loss, labels, features = _batch(0)
+    loss, labels, features = random_batch(0)
     extra_args = {"per_example_loss": loss, "labels": labels, "features": features}
     extra_args[missing] = None
     with pytest.raises(TypeError, match=f"`{missing}`"):
@@ -118,7 +107,7 @@ def test_loss_weights_formula():
         CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="kl", lam=0.3, gamma=0.5, example_temperature=0.7
     )
     state, _ = _run_updates(tx, 2)
-    loss, labels, features = _batch(9)
+    loss, labels, features = random_batch(9)
     distribution = concept_best_response(state.concept_losses, np.full(4, 0.25), divergence="kl", lam=0.3)
     concept = CONCEPT_OF_CLASS[np.asarray(labels)]
     expected = (
@@ -133,7 +122,7 @@ def test_loss_weights_formula():
 
 
 def test_special_cases_erm_and_prior_only():
-    loss, labels, features = _batch(1)
+    loss, labels, features = random_batch(1)
     erm = hierarchical_reweighting(
         CONCEPT_OF_CLASS, CONCEPT_SIZES, lam=float("inf"), prior="empirical", example_level="none"
     )
@@ -198,9 +187,9 @@ def test_floor_outside_zero_one_is_refused(floor):
 
 
 def test_state_is_found_in_nested_optimizer_states():
-    update_loss, update_labels, update_features = _batch(0)  # the batch _run_updates applies first
+    update_loss, update_labels, update_features = random_batch(0)  # the batch _run_updates applies first
     extra_args = {"per_example_loss": update_loss, "labels": update_labels, "features": update_features}
-    loss, labels, features = _batch(2)
+    loss, labels, features = random_batch(2)
     params = {"head": jnp.ones(3), "body": jnp.ones(2)}
     reweighting = hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="kl", lam=0.2)
     reference_state, _ = _run_updates(reweighting, 1)
@@ -254,7 +243,7 @@ def test_orbax_round_trip_gives_identical_weights(tmp_path):
     )
     opt_state = tx.init(params)
     for seed in range(3):
-        loss, labels, features = _batch(seed)
+        loss, labels, features = random_batch(seed)
         _, opt_state = tx.update(params, opt_state, params, per_example_loss=loss, labels=labels, features=features)
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(tmp_path / "opt_state", opt_state)
@@ -264,7 +253,7 @@ def test_orbax_round_trip_gives_identical_weights(tmp_path):
     assert isinstance(restored_state, HierarchicalReweightingState)
     np.testing.assert_array_equal(restored_state.concept_losses, saved_state.concept_losses)
     assert int(restored_state.step) == 3
-    loss, labels, features = _batch(7)
+    loss, labels, features = random_batch(7)
     np.testing.assert_array_equal(
         loss_weights(restored, labels, per_example_loss=loss, features=features),
         loss_weights(opt_state, labels, per_example_loss=loss, features=features),
@@ -274,7 +263,7 @@ def test_orbax_round_trip_gives_identical_weights(tmp_path):
 def test_jit_needs_no_host_transfer():
     tx = hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="wasserstein", lam=0.5, radius=0.2)
     state = tx.init({})
-    loss, labels, features = _batch(3)
+    loss, labels, features = random_batch(3)
 
     @jax.jit
     def step(state, loss, labels, features):
@@ -292,7 +281,7 @@ def test_jit_needs_no_host_transfer():
 def test_sharded_batch_gives_the_single_device_result(axis_type):
     tx = hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="l2", lam=0.5, gamma=0.5)
     state, _ = _run_updates(tx, 1)
-    loss, labels, features = _batch(4, size=32)
+    loss, labels, features = random_batch(4, size=32)
 
     def step(state, loss, labels, features):
         weights = loss_weights(state, labels, per_example_loss=loss, features=features)
