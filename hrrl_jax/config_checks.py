@@ -219,6 +219,7 @@ RULES: dict[str, Check] = {
     "compare.arms": _arm_list,  # Each arm's entries are checked by _check_arms.
     "compare.selection_seeds": _SEEDS,
     "compare.confirmation_seeds": _SEEDS,
+    "compare.post_hoc_arms": _sequence_of(_text, "a tuple of arm names"),
     "compare.selection_metric": _one_of(SELECTION_METRICS),
     "compare.top1_tolerance": _IN_UNIT_INTERVAL,
     "compare.tie_tolerance": _IN_UNIT_INTERVAL,
@@ -364,6 +365,12 @@ def _check_protocol(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.compare.few_shot_targets={compare['few_shot_targets']!r}: {missing} are not in "
             "config.compare.targets; few-shot probes use the features of those targets."
+        )
+    unknown = [name for name in compare["post_hoc_arms"] if name not in {arm["name"] for arm in compare["arms"]}]
+    if unknown:
+        raise ConfigError(
+            f"config.compare.post_hoc_arms={tuple(compare['post_hoc_arms'])!r}: {unknown} are not arms of "
+            "config.compare.arms."
         )
     shared = sorted(set(compare["selection_seeds"]) & set(compare["confirmation_seeds"]))
     if shared:

@@ -112,6 +112,9 @@ def default_compare_config() -> ml_collections.ConfigDict:
     config.arms = ()  # In order: {"name", "method", "robust": {...}, "optimizer": {...}, "combine": (families)}.
     config.selection_seeds = (0,)  # Every arm is trained on these and scored on validation data only.
     config.confirmation_seeds = (1, 2, 3, 4, 5)  # Each family's selected arm, evaluated once on the test splits.
+    # Arms (names in `arms`) confirmed too although the rule did not select them, reported as `<name> (post hoc)`
+    # beside the selected arms: information outside the pre-registered verdict.
+    config.post_hoc_arms = ()
     config.selection_metric = "probe"  # SELECTION_METRICS: the validation measure the score averages.
     config.top1_tolerance = 0.01  # Selectable: source-validation top-1 >= the best ERM arm's minus this.
     config.tie_tolerance = 0.0005  # Scores this close to the best tie; the arm listed first wins.

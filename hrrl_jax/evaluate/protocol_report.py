@@ -130,14 +130,17 @@ def _difference_cell(method: Mapping | None, reference: Mapping | None) -> str:
     return f"**{text}**" if low > 0 or high < 0 else text
 
 
-def comparisons(methods: Sequence[str]) -> list[tuple[str, str]]:
-    """(method, reference) pairs of the confirmation report: each vs erm*, vs group_dro*, and hrrl* − el*."""
+def comparisons(methods: Sequence[str], families: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """(method, reference) pairs of the confirmation report: each vs erm*, vs group_dro*, and each HRRL arm − el*.
+
+    `families` maps a label to its method family (default: the label without its `*`)."""
+    families = families or {}
     pairs = []
     for reference in ("erm*", "group_dro*"):
         if reference in methods:
             pairs += [(method, reference) for method in methods if method not in (reference, "erm*")]
-    if "hrrl*" in methods and "el*" in methods:
-        pairs.append(("hrrl*", "el*"))
+    if "el*" in methods:
+        pairs += [(method, "el*") for method in methods if families.get(method, method.rstrip("*")) == "hrrl"]
     return pairs
 
 
@@ -147,10 +150,13 @@ def render_confirmation_report(
     log: Mapping[str, Any],
     title: str,
     method_order: Sequence[str],
+    families: Mapping[str, str] | None = None,
+    post_hoc: Sequence[str] = (),
     notes: str = "",
 ) -> str:
     """The confirmation report: what was selected (and from how many configurations), each measure per method,
-    and the paired differences with their 95 % t-intervals."""
+    and the paired differences with their 95 % t-intervals. `families` maps each label to its method family;
+    `post_hoc` names the labels of arms confirmed although the rule did not select them."""
     if not records:
         raise ValueError("no confirmation records: no family had a selectable arm.")
     summaries, spreads, sections = _summaries(records)
@@ -179,13 +185,20 @@ def render_confirmation_report(
             ],
         ),
     ]
+    shown = [label for label in post_hoc if label in methods]
+    if shown:
+        lines += [
+            "",
+            f"Post hoc: {', '.join(shown)}, not selected by the rule and confirmed for information only; the "
+            "protocol's verdict concerns the selected arms (starred).",
+        ]
     for section, names in sections.items():
         lines += ["", f"## {section}", ""]
         rows = [
             [name, *(_cell(summaries[m].get(name), spreads.get(m, {}).get(name)) for m in methods)] for name in names
         ]
         lines += markdown_table(["measure", *methods], rows)
-    pairs = comparisons(methods)
+    pairs = comparisons(methods, families)
     if pairs:
         lines += [
             "",

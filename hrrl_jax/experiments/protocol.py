@@ -68,10 +68,12 @@ _MEASUREMENT_KEYS += ("draw_seed", "probe_train_examples")
 
 @dataclasses.dataclass
 class Selection:
-    """The selection's outcome: the log written to selection.json and each family's selected arm."""
+    """The selection's outcome: the log written to selection.json, each family's selected arm and every trained
+    arm by name."""
 
     log: dict[str, Any]
     selected: dict[str, ResolvedArm]
+    trained: dict[str, ResolvedArm]
 
 
 def phase_targets(config: ml_collections.ConfigDict, phase: str) -> dict[str, Callable[[], TargetData]]:
@@ -281,7 +283,8 @@ def run_selection(config: ml_collections.ConfigDict, workdir: str) -> Selection:
         json.dump(log, file, indent=2)
     with open(os.path.join(workdir, "selection.md"), "w") as file:
         file.write(render_selection_log(log))
-    return Selection(log=log, selected=selected)
+    trained = {arm.name: arm for arm in resolved if arm.same_as is None}
+    return Selection(log=log, selected=selected, trained=trained)
 
 
 def confirmation_label(family: str) -> str:
@@ -289,17 +292,49 @@ def confirmation_label(family: str) -> str:
     return f"{family}*"
 
 
+def post_hoc_label(arm_name: str) -> str:
+    """`hrrl_selected (post hoc)`: an arm of `compare.post_hoc_arms`, confirmed although the rule did not select it."""
+    return f"{arm_name} (post hoc)"
+
+
+def post_hoc_arms(config: ml_collections.ConfigDict, selection: Selection) -> list[ResolvedArm]:
+    """The arms of `compare.post_hoc_arms` that the rule did not select (a selected one is confirmed as such).
+
+    Raises:
+      ConfigError: one of them was not trained in the selection (its combined families had no selectable arm).
+    """
+    selected = {arm.name for arm in selection.selected.values()}
+    arms = []
+    for name in config.compare.post_hoc_arms:
+        if name in selected:
+            continue
+        if name not in selection.trained:
+            status = next(entry["status"] for entry in selection.log["arms"] if entry["name"] == name)
+            raise ConfigError(
+                f"config.compare.post_hoc_arms: {name} was not trained in the selection ({status}); remove it."
+            )
+        arms.append(selection.trained[name])
+    return arms
+
+
 def run_confirmation(config: ml_collections.ConfigDict, workdir: str, selection: Selection) -> list[dict[str, Any]]:
-    """Trains each selected arm on the confirmation seeds, evaluates it once on the test splits, writes the report."""
+    """Trains each selected arm (and each post hoc arm) on the confirmation seeds, evaluates it once on the test
+    splits, writes the report."""
     compare = config.compare
     targets = phase_targets(config, CONFIRMATION)
-    families = [family for family in ROBUST_METHODS if family in selection.selected]
+    arms = [
+        (confirmation_label(family), family, selection.selected[family])
+        for family in ROBUST_METHODS
+        if family in selection.selected
+    ]
+    post_hoc = [(post_hoc_label(arm.name), arm.method, arm) for arm in post_hoc_arms(config, selection)]
+    arms += post_hoc
     records = []
-    for family in families:
+    for label, _, arm in arms:
         for seed in compare.confirmation_seeds:
-            record = protocol_record(config, workdir, selection.selected[family], seed, CONFIRMATION, targets)
-            records.append({**record, "method": confirmation_label(family)})
-    labels = [confirmation_label(family) for family in families]
+            record = protocol_record(config, workdir, arm, seed, CONFIRMATION, targets)
+            records.append({**record, "method": label})
+    labels = [label for label, _, _ in arms]
     with open(os.path.join(workdir, "confirmation.json"), "w") as file:
         json.dump({"families": selection.log["families"], "records": records}, file, indent=2)
     report = render_confirmation_report(
@@ -307,6 +342,8 @@ def run_confirmation(config: ml_collections.ConfigDict, workdir: str, selection:
         log=selection.log,
         title=f"Protocol confirmation on {config.dataset.name}",
         method_order=labels,
+        families={label: family for label, family, _ in arms},
+        post_hoc=[label for label, _, _ in post_hoc],
         notes=compare.notes,
     )
     with open(os.path.join(workdir, "confirmation.md"), "w") as file:

@@ -98,3 +98,10 @@ def test_difference_of_unpaired_seeds_has_no_interval():
         ("hrrl*", "group_dro*"),
         ("hrrl*", "el*"),
     ]
+    families = {"hrrl_b (post hoc)": "hrrl", "cl_b (post hoc)": "cl"}
+    assert protocol_report.comparisons(["erm*", "el*", "hrrl_b (post hoc)", "cl_b (post hoc)"], families) == [
+        ("el*", "erm*"),
+        ("hrrl_b (post hoc)", "erm*"),
+        ("cl_b (post hoc)", "erm*"),
+        ("hrrl_b (post hoc)", "el*"),
+    ]

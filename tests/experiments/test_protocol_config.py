@@ -67,6 +67,7 @@ def test_bad_arms_are_named(arms, message):
         ({"few_shot_targets": ("cifar10",)}, {}, r"^config.compare.few_shot_targets=\('cifar10',\): \['cifar10'\]"),
         ({"confirmation_seeds": (0, 1)}, {}, r"^config.compare.confirmation_seeds=\(0, 1\): seeds \[0\] also select"),
         ({"few_shot_draws": 1}, {}, r"^config.compare.few_shot_draws=1"),
+        ({"post_hoc_arms": ("erm", "nope")}, {}, r"^config.compare.post_hoc_arms=\('erm', 'nope'\): \['nope'\] are"),
         ({"selection_metric": "loss"}, {}, r"^config.compare.selection_metric='loss'"),
         ({"top1_tolerance": 1.0}, {}, r"^config.compare.top1_tolerance=1.0"),
         ({"within_concept_shots": (0,)}, {}, r"^config.compare.within_concept_shots=\(0,\)"),

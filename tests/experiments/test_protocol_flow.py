@@ -155,6 +155,30 @@ def test_a_family_without_a_selectable_arm_is_not_combined_nor_confirmed(tmp_pat
     assert "| cl | 2 | none selectable |" in (tmp_path / "confirmation.md").read_text()
 
 
+def test_post_hoc_arms_are_confirmed_apart_and_compared(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(protocol, "protocol_record", fake_record(calls))
+    config = protocol_config()
+    config.compare.post_hoc_arms = ("cl_x", "erm_a", "hrrl_sel")  # cl_x unselectable; the other two are selected.
+    records = protocol.run_protocol(config, str(tmp_path))
+    confirmed = [call[1] for call in calls if call[0] == "confirmation"]
+    assert confirmed == [arm for arm in ("erm_a", "el_z", "cl_y", "hrrl_sel", "cl_x") for _ in (1, 2)]
+    assert [record["method"] for record in records][-2:] == ["cl_x (post hoc)"] * 2
+    assert records[-1]["source"]["test_accuracy"] == 0.84
+    report = (tmp_path / "confirmation.md").read_text()
+    assert "Post hoc: cl_x (post hoc), not selected by the rule" in report
+    header = next(line for line in report.splitlines() if line.startswith("| measure | el* − erm*"))
+    assert "| cl_x (post hoc) − erm* |" in header and "| cl_x (post hoc) − el* |" not in header
+
+
+def test_a_post_hoc_arm_that_was_not_trained_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(protocol, "protocol_record", fake_record([]))
+    config = protocol_config()
+    config.compare.post_hoc_arms = ("hrrl_dup",)
+    with pytest.raises(ConfigError, match=r"hrrl_dup was not trained in the selection \(same settings as hrrl_sel\)"):
+        protocol.run_protocol(config, str(tmp_path))
+
+
 def test_selection_reads_no_test_split_and_confirmation_reads_them(tmp_path, monkeypatch, split_reads):
     evaluated_sizes = []
 
