@@ -195,6 +195,7 @@ def plot_few_shot_curves(
             )
         axes.set_xscale("log")
         axes.set_xticks(sorted({k for points in by_method.values() for k, _ in points}))
+        axes.set_xticks([], minor=True)  # Within one decade the log scale would label minor ticks (6x10^0).
         axes.get_xaxis().set_major_formatter("{x:g}")
         axes.set_title(task, fontsize="medium")
         axes.set_xlabel("Shots per class")

@@ -27,6 +27,7 @@ def tiny(config, *, arms, **compare_values):
     config.optimizer.warmup_steps = 0
     by_name = {arm["name"]: arm for arm in config.compare.arms}
     config.compare.arms = tuple(by_name[name] if isinstance(name, str) else name for name in arms)
+    config.compare.post_hoc_arms = ()
     config.compare.few_shot_draws = 2
     config.compare.confirmation_seeds = (1, 2)
     for key, value in compare_values.items():
