@@ -23,21 +23,23 @@ def read_jsonl(path):
 
 
 def test_tiny_run_writes_outputs_and_learns(tmp_path):
-    result = launch(tmp_path, *tiny_flags(total_steps=30))
+    # 60 steps: the default's input-level loss, taken at the perturbed image, falls by a third only after ~40.
+    result = launch(tmp_path, *tiny_flags(total_steps=60))
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.load(open(tmp_path / "config.json"))
-    assert config["dataset"]["name"] == "digits" and config["total_steps"] == 30
+    assert config["dataset"]["name"] == "digits" and config["total_steps"] == 60
+    assert config["robust"]["method"] == "hrrl" and config["robust"]["example_level"] == "input"
     records = read_jsonl(tmp_path / "metrics.jsonl")
-    assert [r["step"] for r in records] == list(range(3, 31, 3))
+    assert [r["step"] for r in records] == list(range(3, 61, 3))
     for record in records:
         assert {"step", "loss", "accuracy", "learning_rate", "steps_per_second"} <= set(record)
     assert records[-1]["loss"] < 0.7 * records[0]["loss"]
     results = json.load(open(tmp_path / "results.json"))
-    assert results["step"] == 30
+    assert results["step"] == 60
     assert set(results["per_concept_accuracy"]) == {str(d) for d in range(10)}
     assert results["worst_concept_accuracy"] == min(results["per_concept_accuracy"].values())
     assert results["best_concept_accuracy"] == max(results["per_concept_accuracy"].values())
-    assert 0.3 < results["test_accuracy"] <= 1.0
+    assert 0.5 < results["test_accuracy"] <= 1.0
     assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
     assert "Results:" in result.stdout
 
