@@ -6,9 +6,10 @@ The records have the feature spec of TFDS' own `imagenet2012` (version 5.1.0: JP
 `label` with the WordNet ids as names, `file_name`), so `tfds.data_source("imagenet2012", data_dir=DIR)` and the
 package's ImageNet loader read them exactly as a prepared ImageNet. The photographs are synthetic: crops of the
 two photographs scikit-learn ships, resized to ImageNet's common sizes (500 x 375, 375 x 500, 500 x 333,
-500 x 400), with a per-image colour and brightness change, saved at JPEG quality 90. Image `index` of a split
-is a pure function of (split, index) (`synthetic_photo`), so a test can compare what it reads with what was
-encoded. Labels cycle through the 1000 classes.
+500 x 400; `image_sizes` picks others, e.g. small ones for a quick test), with a per-image colour and
+brightness change, saved at JPEG quality 90. Image `index` of a split is a pure function of (split, index) and
+the sizes (`synthetic_photo`), so a test can compare what it reads with what was encoded. Labels cycle through
+the 1000 classes.
 """
 
 from __future__ import annotations
@@ -35,8 +36,14 @@ def _sample_photographs() -> list[np.ndarray]:
     return list(load_sample_images().images)
 
 
-def synthetic_photo(split: str, index: int, photographs: list[np.ndarray] | None = None) -> np.ndarray:
-    """uint8 [H, W, 3]: image `index` of `split`, a resized crop of a real photograph with a colour change."""
+def synthetic_photo(
+    split: str,
+    index: int,
+    photographs: list[np.ndarray] | None = None,
+    image_sizes: tuple[tuple[int, int], ...] = SIZES,
+) -> np.ndarray:
+    """uint8 [H, W, 3]: image `index` of `split`, a crop of a real photograph resized to one of `image_sizes`
+    (width, height), with a colour change."""
     photographs = photographs if photographs is not None else _sample_photographs()
     rng = np.random.default_rng([SPLIT_SEEDS[split], index])
     source = photographs[index % len(photographs)]
@@ -44,7 +51,7 @@ def synthetic_photo(split: str, index: int, photographs: list[np.ndarray] | None
     crop_height, crop_width = int(height * rng.uniform(0.5, 1.0)), int(width * rng.uniform(0.5, 1.0))
     top, left = rng.integers(0, height - crop_height + 1), rng.integers(0, width - crop_width + 1)
     crop = source[top : top + crop_height, left : left + crop_width]
-    size = SIZES[rng.integers(len(SIZES))]
+    size = image_sizes[rng.integers(len(image_sizes))]
     resized = np.asarray(Image.fromarray(crop).resize(size, Image.BILINEAR), np.float32)
     tinted = resized * rng.uniform(0.7, 1.3, 3) + rng.uniform(-20, 20)
     return np.clip(np.rint(tinted), 0, 255).astype(np.uint8)
@@ -68,8 +75,16 @@ class Imagenet2012(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     VERSION = tfds.core.Version(VERSION)
 
-    def __init__(self, *, train_examples: int, validation_examples: int, **kwargs) -> None:
+    def __init__(
+        self,
+        *,
+        train_examples: int,
+        validation_examples: int,
+        image_sizes: tuple[tuple[int, int], ...] = SIZES,
+        **kwargs,
+    ) -> None:
         self._sizes = {"train": train_examples, "validation": validation_examples}
+        self._image_sizes = image_sizes
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -91,18 +106,25 @@ class Imagenet2012(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         names = self.info.features["label"].names
         for index in range(self._sizes[split]):
             label = fixture_label(index)
-            jpeg = encode_jpeg(synthetic_photo(split, index, photographs))
+            jpeg = encode_jpeg(synthetic_photo(split, index, photographs, self._image_sizes))
             file_name = f"{names[label]}_{index:08d}.JPEG"
             yield file_name, {"image": io.BytesIO(jpeg), "label": label, "file_name": file_name}
 
 
-def build(data_dir: str, *, train_examples: int = 512, validation_examples: int = 128) -> str:
+def build(
+    data_dir: str,
+    *,
+    train_examples: int = 512,
+    validation_examples: int = 128,
+    image_sizes: tuple[tuple[int, int], ...] = SIZES,
+) -> str:
     """Prepares the fixture in `data_dir` (array_record) and returns the data set's directory."""
     builder = Imagenet2012(
         data_dir=data_dir,
         file_format="array_record",
         train_examples=train_examples,
         validation_examples=validation_examples,
+        image_sizes=image_sizes,
     )
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
     return str(builder.data_dir)

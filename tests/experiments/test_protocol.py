@@ -132,7 +132,8 @@ def test_imagenet_protocol_config_end_to_end_on_the_jpeg_fixture(tmp_path, split
     data_dir = str(tmp_path / "data")
     # Labels cycle through the 1000 classes: 4 training images of each (1 held out for validation, 3 for the probes,
     # whose choice of L2 needs a validation split of its own), 1 validation (here: test) image.
-    imagenet_fixture.build(data_dir, train_examples=4_000, validation_examples=1_000)
+    # Small photographs: the model sees 32 px (at ImageNet's sizes, building alone takes ~38 s).
+    imagenet_fixture.build(data_dir, train_examples=4_000, validation_examples=1_000, image_sizes=((64, 48), (48, 64)))
     config = tiny(
         protocol_imagenet.get_config(),
         arms=("erm_wd5e-4", "cl_l2_lam1"),
@@ -144,6 +145,7 @@ def test_imagenet_protocol_config_end_to_end_on_the_jpeg_fixture(tmp_path, split
         confirmation_seeds=(1,),
     )
     config.dataset.data_dir = data_dir
+    config.dataset.num_workers = 0  # The config's 12 worker processes, a new pool per pass, on 2 cores.
     config.dataset.image_size = 32
     config.dataset.validation_fraction = 0.25
     split_reads.clear()  # Building the fixture read nothing through the loaders; this makes sure.
