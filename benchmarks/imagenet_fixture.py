@@ -80,7 +80,7 @@ class Imagenet2012(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         *,
         train_examples: int,
         validation_examples: int,
-        image_sizes: tuple[tuple[int, int], ...] = SIZES,
+        image_sizes: tuple[tuple[int, int], ...],
         **kwargs,
     ) -> None:
         self._sizes = {"train": train_examples, "validation": validation_examples}
