@@ -3,10 +3,14 @@
 Trains and evaluates one run, or, for a config with a `compare` section, the whole comparison experiment (with
 `compare.arms` set: the selection protocol, hrrl_jax/experiments/protocol.py).
 The config is validated first, before jax is imported or any data read; a mistake in the user's input
-(`hrrl_jax.errors.UserError`: config, data, checkpoint) is one `error: ...` line and exit code 1.
+(`hrrl_jax.errors.UserError`: config, data, checkpoint, work directory; an unknown `--config.` key) is one
+`error: ...` line and exit code 1. Exit codes: 0 finished, 1 a user error, 75 (EX_TEMPFAIL) stopped by
+SIGTERM/SIGINT or `stop_at_step` before the end, resumable by the same command (requeue on it).
 """
 
+import difflib
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -27,6 +31,57 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
+EXIT_FINISHED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 75
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a mistake in a `--config.` override as one `error:` line instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        message = str(error)
+    except (AttributeError, KeyError, TypeError, ValueError) as error:  # ml_collections on an unknown key.
+        message = _override_error(argv, error)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _override_error(argv: list[str], error: Exception) -> str:
+    """`--config.a.b=v: config has no key 'b'; did you mean 'c'?` for the override that named an unknown key."""
+    text = str(error.args[0] if error.args else error)
+    match = re.search(r"'([^']+)'", text.replace("\\'", "'"))
+    unknown = match.group(1) if match else text
+    overrides = [arg for arg in argv if arg.startswith("--config.")]
+    flag = next((arg for arg in overrides if unknown in arg.split("=")[0].split(".")), None)
+    if flag is None:
+        return f"a --config override failed: {type(error).__name__}: {' '.join(text.split())}"
+    path = flag.split("=")[0][len("--config.") :].split(".")
+    parent = path[: path.index(unknown)]
+    try:
+        known = _keys_under(parent)
+    except Exception:  # The config file itself fails: its own error follows when absl loads it.
+        known = []
+    suggestions = difflib.get_close_matches(unknown, known, n=1)
+    hint = f"; did you mean {'.'.join([*parent, suggestions[0]])!r}?" if suggestions else "."
+    where = f"config.{'.'.join(parent)}" if parent else "config"
+    return f"{flag}: {where} has no key {unknown!r}{hint} Known keys there: {', '.join(sorted(known))}."
+
+
+def _keys_under(parent: list[str]) -> list[str]:
+    """The keys of the config section `parent` of the config file given with --config (read without overrides)."""
+    config_path = next((arg.split("=", 1)[1] for arg in sys.argv if arg.startswith("--config=")), None)
+    if config_path is None and "--config" in sys.argv:
+        config_path = sys.argv[sys.argv.index("--config") + 1]
+    if config_path is None:
+        return []
+    namespace: dict = {}
+    with open(config_path) as file:
+        exec(compile(file.read(), config_path, "exec"), namespace)  # The config file, as config_flags loads it.
+    section = namespace["get_config"]()
+    for key in parent:
+        section = section[key]
+    return list(section.keys())
+
 
 def main(argv: list[str]) -> int:
     config = _CONFIG.value
@@ -38,7 +93,9 @@ def main(argv: list[str]) -> int:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import jax
 
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+    # Orbax logs every save at INFO, and a failed background save as tracebacks from its threads; the trainer
+    # reports every save failure itself in one line (hrrl_jax.workdir.checkpoints), so only fatal logs pass.
+    logging.set_verbosity(logging.FATAL)
 
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
@@ -46,6 +103,7 @@ def main(argv: list[str]) -> int:
         jax.config.update("jax_compilation_cache_dir", _CACHE.value)
 
     from hrrl_jax.train.loop import train_and_evaluate
+    from hrrl_jax.train.preemption import RunInterrupted
 
     try:
         if "compare" in config:
@@ -56,18 +114,22 @@ def main(argv: list[str]) -> int:
                 (run_protocol if config.compare.arms else run_comparison)(config, _WORKDIR.value)
             except ComparisonInterrupted as interruption:
                 print(interruption, file=sys.stderr)
-        else:
-            train_and_evaluate(config, _WORKDIR.value)
+                return EXIT_INTERRUPTED
+        elif train_and_evaluate(config, _WORKDIR.value).get("interrupted"):
+            return EXIT_INTERRUPTED
     except (UserError, FileNotFoundError) as error:  # Checkpoint, non-finite loss and data errors are UserErrors.
         return _report(error)
-    return 0
+    except RunInterrupted as interruption:  # A signal during start-up: nothing to save.
+        print(interruption, file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_FINISHED
 
 
 def _report(error: Exception) -> int:
     """Prints the user's mistake as `error: <message>` on stderr, without a traceback; the exit code."""
-    print(f"error: {error}", file=sys.stderr)
-    return 1
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

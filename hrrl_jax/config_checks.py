@@ -162,6 +162,7 @@ RULES: dict[str, Check] = {
     "precision": _one_of(PRECISION_NAMES),
     "dataset.name": _dataset_name,
     "dataset.data_dir": _optional(_path),
+    "dataset.prepare": _boolean,
     "dataset.train_split": _split,
     "dataset.test_split": _split,
     "dataset.validation_fraction": _IN_UNIT_INTERVAL,

@@ -145,6 +145,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "fashion_mnist"  # KNOWN_DATASETS, or `<base>_shift/<shift>`.
     config.dataset.data_dir = _unset()  # None: the tfds default (~/tensorflow_datasets or $TFDS_DATA_DIR).
+    config.dataset.prepare = False  # True: a data_dir that does not exist is created (and the data prepared there).
     config.dataset.train_split = "train"
     config.dataset.test_split = "test"  # Or HOLDOUT_SPLIT: evaluate on the validation rows held out of train_split.
     config.dataset.validation_fraction = 0.0  # Stratified share of each class of train_split held out of training.

@@ -8,6 +8,7 @@ Splits: a split name (`train`, `test`) optionally sliced as in TFDS, `train[:90%
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 
 import ml_collections
@@ -189,6 +190,13 @@ def load_data(config: ml_collections.ConfigDict) -> tuple[SplitData, SplitData]:
     which is then never read.
     """
     dataset = config.dataset
+    if dataset.data_dir is not None and not os.path.isdir(dataset.data_dir) and not dataset.prepare:
+        raise DataError(
+            f"config.dataset.data_dir={dataset.data_dir!r}: no such directory. Give the directory that holds the "
+            "prepared data, or add --config.dataset.prepare=True to create it and prepare the data there."
+        )
+    if dataset.data_dir is not None and dataset.prepare:
+        os.makedirs(dataset.data_dir, exist_ok=True)
     filters = {"exclude_classes": tuple(dataset.exclude_classes), "only_classes": tuple(dataset.only_classes)}
     train, holdout = load_split_and_holdout(
         dataset.name,

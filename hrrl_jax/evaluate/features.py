@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from hrrl_jax.data import (
     load_split,
     normalise_images,
 )
+from hrrl_jax.errors import DataError, UserError
 from hrrl_jax.mesh import data_parallel_mesh
 from hrrl_jax.models import configured_model
 from hrrl_jax.workdir import Checkpointer, WorkDir
@@ -58,7 +60,9 @@ def load_trained_model(workdir: str) -> TrainedModel:
     config = config_from_json(directory.read_config_dict())
     step = directory.latest_checkpoint_step()
     if step is None:
-        raise FileNotFoundError(f"No checkpoint in {directory.checkpoints}: train the run first (launch.py).")
+        raise FileNotFoundError(
+            f"No checkpoint in {directory.checkpoints}: train the run first (launch.py --workdir {directory.path})."
+        )
     dataset = config.dataset
     source_info = describe_dataset(
         dataset.name, exclude_classes=tuple(dataset.exclude_classes), only_classes=tuple(dataset.only_classes)
@@ -109,7 +113,7 @@ def split_from_images(trained: TrainedModel, images: np.ndarray, labels: np.ndar
     """A user's uint8 images as a split with the source's channels and normalisation statistics."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise ValueError(f"images must be uint8 [N, H, W] or [N, H, W, C]; got {images.dtype} {images.shape}.")
+        raise DataError(f"images must be uint8 [N, H, W] or [N, H, W, C]; got {images.dtype} {images.shape}.")
     if images.ndim == 3:
         images = images[..., None]
     channels = trained.info.image_shape[2]
@@ -119,7 +123,7 @@ def split_from_images(trained: TrainedModel, images: np.ndarray, labels: np.ndar
         luminance = images.astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)
         images = np.clip(np.rint(luminance), 0, 255).astype(np.uint8)[..., None]
     elif images.shape[-1] != channels:
-        raise ValueError(f"images have {images.shape[-1]} channels; give 1 or 3 (the source has {channels}).")
+        raise DataError(f"images have {images.shape[-1]} channels; give 1 or 3 (the source has {channels}).")
     labels = np.zeros(len(images), np.int32) if labels is None else np.asarray(labels, np.int32)
     num_classes = int(labels.max(initial=0)) + 1
     info = DatasetInfo(
@@ -151,7 +155,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    """The command line: a user's mistake (no or another checkpoint, a corrupt one, bad images) is one line, exit 1."""
+    try:
+        _extract(parse_args(argv))
+    except (UserError, FileNotFoundError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _extract(args: argparse.Namespace) -> None:
     trained = load_trained_model(args.workdir)
     if args.images:
         arrays = np.load(args.images)

@@ -15,10 +15,17 @@ def evaluate(
     state: Any,
     pipeline: InputPipeline,
     hierarchy: ConceptHierarchy,
-) -> dict[str, Any]:
-    """One pass over the eval pipeline; every example counted once (padding masked in the step)."""
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> dict[str, Any] | None:
+    """One pass over the eval pipeline; every example counted once (padding masked in the step).
+
+    Returns None, unfinished, as soon as `should_stop()` is true between two batches (a stop signal).
+    """
     totals: dict[str, np.ndarray] | None = None
     for batch in pipeline.eval_batches():
+        if should_stop():
+            return None
         counts = jitted_eval_step(state, batch)
         totals = counts if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, counts)
     totals = jax.device_get(totals)

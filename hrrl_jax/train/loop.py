@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import errno
+import sys
 import time
 from typing import Any
 
@@ -14,11 +15,16 @@ from hrrl_jax import robust
 from hrrl_jax.config_checks import validate_config
 from hrrl_jax.errors import UserError
 from hrrl_jax.train import evaluation
+from hrrl_jax.train.launch_checks import check_before_data, check_resumed_schedule
 from hrrl_jax.train.metrics import MetricWriter, ProgressBar
 from hrrl_jax.train.preemption import StopRequest
 from hrrl_jax.train.run import build_run
 from hrrl_jax.train.state import TrainState, abstract_train_state
-from hrrl_jax.workdir import Checkpointer, WorkDir
+from hrrl_jax.workdir import Checkpointer, WorkDir, WorkDirError, WorkDirLock
+from hrrl_jax.workdir.layout import FINISHED, INTERRUPTED
+
+# Write failures of the storage, not of the code: a full disk or quota, a read-only or vanished mount.
+_STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOENT, errno.EACCES)
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -31,11 +37,28 @@ def train_and_evaluate(
     """Trains (or resumes) the configured run in `workdir`, evaluates it and returns the results.
 
     `stop_at_step` ends the run early with a checkpoint, as a preemption would (time-sliced jobs, tests);
-    rerunning without it continues to `total_steps` exactly as an uninterrupted run.
+    rerunning without it continues to `total_steps` exactly as an uninterrupted run. An interrupted run returns
+    `{"step": N, "interrupted": True, "status": "interrupted"}`. Process 0 holds the work directory's lock for
+    the whole launch; SIGTERM/SIGINT are handled from the first line to the last (`StopRequest`).
     """
     validate_config(config)
     directory = WorkDir(workdir)
-    os.makedirs(directory.path, exist_ok=True)
+    directory.prepare()
+    check_before_data(config)
+    lock = WorkDirLock(directory.path) if jax.process_index() == 0 else None
+    with StopRequest(interrupt_until_started=True) as stop:
+        try:
+            if lock is not None:
+                lock.acquire()
+            return _train_and_evaluate_locked(config, directory, stop, stop_at_step)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def _train_and_evaluate_locked(
+    config: ml_collections.ConfigDict, directory: WorkDir, stop: StopRequest, stop_at_step: int | None
+) -> dict[str, Any]:
     is_main_process = jax.process_index() == 0
     run = build_run(config)
     state, hierarchy, info = run.trainer.state, run.hierarchy, run.info
@@ -43,98 +66,142 @@ def train_and_evaluate(
     total_steps = durations.total_steps
 
     checkpointer = Checkpointer(directory.checkpoints, keep=config.keep_checkpoints)
-    start_step = 0
-    if checkpointer.latest_step() is not None:
-        state, _ = checkpointer.restore(checkpointer.latest_step(), abstract_train_state(state))
-        start_step = int(jax.device_get(state.step))
-        print(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}.", flush=True)
-    if is_main_process:  # Only now: a launch that cannot resume leaves the record of the checkpoints as it was.
-        _report_config_changes(directory.record_config(config, step=start_step), start_step)
-    jitted_train_step, jitted_eval_step = run.trainer.jitted_train_step, run.trainer.jitted_eval_step
-    train_pipeline, eval_pipeline = run.train_pipeline, run.eval_pipeline
-
-    def evaluate(state: TrainState) -> dict[str, Any]:
-        return evaluation.evaluate(jitted_eval_step, state, eval_pipeline, hierarchy)
-
-    # Only process 0 writes metrics: every process creating the TensorBoard directory races on a shared workdir.
-    writer = (
-        MetricWriter(directory, vector_names={"concept_distribution": list(hierarchy.concept_names)})
-        if is_main_process
-        else None
-    )
-    progress = ProgressBar(start_step=start_step, total_steps=total_steps, enabled=is_main_process)
-    window: list[dict[str, jax.Array]] = []
-    window_start = time.perf_counter()
-    unchecked: tuple[int, dict[str, jax.Array]] | None = None
-    last_summary: dict[str, np.ndarray] = {}
-
-    def check_finite() -> None:
-        """Raises if the last step's loss, gradients or new parameters are not finite (before any save)."""
-        nonlocal unchecked
-        if unchecked is not None:
-            step, metrics = unchecked
-            if not bool(jax.device_get(metrics["finite"])):
-                checkpointer.wait()
-                loss = float(jax.device_get(metrics["loss"]))
-                raise NonFiniteLossError(
-                    f"The training loss, gradients or parameters are not finite at step {step} (loss {loss}). "
-                    "Training stopped; the last checkpoint "
-                    f"(step {checkpointer.latest_step()}) was saved before it and is intact. Lower "
-                    "config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or use float32."
-                )
-            unchecked = None
-
-    def save(step: int) -> None:
-        check_finite()
-        if checkpointer.latest_step() == step:
-            return
-        checkpointer.save(step, state, {"step": step, "method": config.robust.method})
-
-    iterator = train_pipeline.iterate(start_step, total_steps)  # The batches of steps start_step .. total_steps - 1.
+    iterator = None
+    writer = None
+    progress = None
     try:
-        with StopRequest() as stop:
-            for step in range(start_step + 1, total_steps + 1):
-                state, metrics = jitted_train_step(state, next(iterator))
-                check_finite()  # The previous step's: one step of lag keeps the device busy.
-                unchecked = (step, metrics)
-                window.append(metrics)
-                if step % config.log_every_steps == 0 or step == total_steps:
-                    check_finite()
-                    elapsed = time.perf_counter() - window_start
-                    summary = _mean_metrics(window)
-                    summary["steps_per_second"] = len(window) / max(elapsed, 1e-9)
-                    record = writer.write(step, summary) if writer is not None else None
-                    last_summary = summary
-                    progress.update(len(window), record)
-                    window, window_start = [], time.perf_counter()
-                if durations.eval_every_steps > 0 and step % durations.eval_every_steps == 0 and step < total_steps:
-                    eval_results = evaluate(state)
-                    if writer is not None:
-                        writer.write(step, evaluation.scalar_summary(eval_results), prefix="eval")
-                if step % durations.checkpoint_every_steps == 0 and step < total_steps:
-                    save(step)
-                stop_requested = stop.should_stop(step)
-                if stop_requested or step == stop_at_step:
-                    save(step)
+        start_step = 0
+        restored = checkpointer.restore_latest(abstract_train_state(state))
+        if restored is not None:
+            state, _, _ = restored
+            start_step = int(jax.device_get(state.step))
+            print(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}.", flush=True)
+        check_resumed_schedule(
+            directory,
+            durations,
+            start_step=start_step,
+            steps_per_epoch=run.train_pipeline.steps_per_epoch,
+            learning_rate_fn=run.trainer.learning_rate_fn,
+        )
+        stop.started()  # Start-up is over: from here a signal is acted on after the step, the save or the batch.
+        if is_main_process:  # Only now: a launch that cannot resume leaves the record of the checkpoints as it was.
+            _report_config_changes(directory.record_config(config, step=start_step), start_step)
+            directory.truncate_metrics(start_step)  # A resume retrains the steps after it: no duplicate records.
+            if start_step < total_steps:
+                directory.set_aside_results_before(total_steps)
+        jitted_train_step, jitted_eval_step = run.trainer.jitted_train_step, run.trainer.jitted_eval_step
+        train_pipeline, eval_pipeline = run.train_pipeline, run.eval_pipeline
+
+        # Only process 0 writes metrics: every process creating the TensorBoard directory races on a shared workdir.
+        if is_main_process:
+            writer = MetricWriter(directory, vector_names={"concept_distribution": list(hierarchy.concept_names)})
+        progress = ProgressBar(start_step=start_step, total_steps=total_steps, enabled=is_main_process)
+        window: list[dict[str, jax.Array]] = []
+        window_start = time.perf_counter()
+        unchecked: tuple[int, dict[str, jax.Array]] | None = None
+        last_summary: dict[str, np.ndarray] = {}
+
+        def check_finite() -> None:
+            """Raises if the last step's loss, gradients or new parameters are not finite (before any save)."""
+            nonlocal unchecked
+            if unchecked is not None:
+                step, metrics = unchecked
+                if not bool(jax.device_get(metrics["finite"])):
                     checkpointer.wait()
-                    reason = stop.reason if stop_requested else f"stop_at_step={step}"
-                    print(f"\n{reason}: saved a checkpoint at step {step}; exiting.", flush=True)
-                    return {"step": step, "interrupted": True}
+                    loss = float(jax.device_get(metrics["loss"]))
+                    raise NonFiniteLossError(
+                        f"The training loss, gradients or parameters are not finite at step {step} (loss {loss}). "
+                        "Training stopped; the last checkpoint "
+                        f"(step {checkpointer.latest_step()}) was saved before it and is intact. Lower "
+                        "config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or use float32."
+                    )
+                unchecked = None
+
+        def save(step: int) -> None:
+            check_finite()
+            if checkpointer.latest_step() == step:
+                return
+            checkpointer.save(step, state, {"step": step, "method": config.robust.method})
+
+        def interrupted(step: int, reason: str) -> dict[str, Any]:
+            save(step)
+            checkpointer.wait()
+            status = {"step": step, "interrupted": True, "status": INTERRUPTED, "reason": reason}
+            if is_main_process and directory.read_results() is None:  # Never replaces a finished run's results.
+                directory.write_results({key: value for key, value in status.items() if key != "interrupted"})
+            print(f"\n{reason}: saved a checkpoint at step {step}; exiting.", flush=True)
+            return status
+
+        iterator = train_pipeline.iterate(start_step, total_steps)  # The batches of steps start_step .. total - 1.
+        for step in range(start_step + 1, total_steps + 1):
+            state, metrics = jitted_train_step(state, next(iterator))
+            check_finite()  # The previous step's: one step of lag keeps the device busy.
+            checkpointer.poll()  # A background save that failed stops training here.
+            unchecked = (step, metrics)
+            window.append(metrics)
+            if step % config.log_every_steps == 0 or step == total_steps:
+                check_finite()
+                elapsed = time.perf_counter() - window_start
+                summary = _mean_metrics(window)
+                summary["steps_per_second"] = len(window) / max(elapsed, 1e-9)
+                record = writer.write(step, summary) if writer is not None else None
+                last_summary = summary
+                progress.update(len(window), record)
+                window, window_start = [], time.perf_counter()
+            if durations.eval_every_steps > 0 and step % durations.eval_every_steps == 0 and step < total_steps:
+                eval_results = evaluation.evaluate(jitted_eval_step, state, eval_pipeline, hierarchy)
+                if writer is not None:
+                    writer.write(step, evaluation.scalar_summary(eval_results), prefix="eval")
+            if step % durations.checkpoint_every_steps == 0 and step < total_steps:
+                save(step)
+            stop_requested = stop.should_stop(step)
+            if stop_requested or step == stop_at_step:
+                return interrupted(step, stop.reason if stop_requested else f"stop_at_step={step}")
         progress.close()
         final_step = int(jax.device_get(state.step))
-        save(final_step)
+        save(final_step)  # Evaluation runs while it is written.
+        # One process may stop its evaluation on its own signal; several must finish it together (it is collective).
+        should_stop = (lambda: stop.requested_here) if jax.process_count() == 1 else (lambda: False)
+        eval_results = evaluation.evaluate(jitted_eval_step, state, eval_pipeline, hierarchy, should_stop=should_stop)
+        if eval_results is None:
+            return interrupted(final_step, f"{stop.reason} during the final evaluation")
+        if not last_summary and is_main_process:  # A rerun that only evaluates: the weight ESS its training logged.
+            last_summary = _last_logged(directory, final_step)
         adversary = _adversary_summary(state, hierarchy, run.trainer.objective.reweights, last_summary)
-        results = {"step": final_step, **evaluate(state), **adversary}
+        results = {"status": FINISHED, "step": final_step, **eval_results, **adversary}
+        checkpointer.wait()  # results.json only names a step whose checkpoint is committed.
         if is_main_process:
             directory.write_results(results)
             print(evaluation.format_results_table(results, title=f"{config.robust.method} on {info.name}"))
         return results
+    except OSError as error:
+        if error.errno not in _STORAGE_ERRORS:
+            raise
+        raise WorkDirError(
+            f"Writing {error.filename or 'the work directory'} failed: {error.strerror}. Training stopped; the "
+            f"checkpoints are intact (the newest at step {checkpointer.latest_step()}). Free space (or fix the "
+            "mount) and rerun the same command to resume."
+        ) from error
     finally:
-        iterator.close()
-        progress.close()
-        if writer is not None:
-            writer.close()
-        checkpointer.close()
+        failing = sys.exc_info()[1] is not None  # Then a failure to close must not hide the first error.
+        for close in (
+            iterator.close if iterator is not None else None,
+            progress.close if progress is not None else None,
+            writer.close if writer is not None else None,
+            checkpointer.close,
+        ):
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    if not failing:
+                        raise
+
+
+def _last_logged(directory: WorkDir, step: int) -> dict[str, np.ndarray]:
+    """The last metrics record at or before `step` that this run logged, without its step."""
+    records = [record for record in directory.read_metrics() if record["step"] <= step]
+    return {name: np.asarray(value) for name, value in records[-1].items() if name != "step"} if records else {}
 
 
 def _adversary_summary(

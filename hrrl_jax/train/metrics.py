@@ -31,6 +31,7 @@ class MetricWriter:
     def __init__(self, workdir: WorkDir, *, vector_names: Mapping[str, list[str]] | None = None):
         self._workdir = workdir
         self._tensorboard = SummaryWriter(workdir.tensorboard)
+        self._tensorboard.flush()  # The event file's header, now: nothing is left to fail at exit on a full disk.
         self._vector_names = dict(vector_names or {})
 
     def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = "train") -> dict[str, Any]:

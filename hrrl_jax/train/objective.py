@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from hrrl_jax import robust
+from hrrl_jax.errors import ConfigError
 from hrrl_jax.robust.schedules import Hyperparameter
 from hrrl_jax.schema import EXAMPLE_LEVELS, LAM_SCHEDULES, ROBUST_METHODS, default_robust_config
 
@@ -75,7 +76,7 @@ def build_objective(
         lam=lam_schedule(config.lam, config.lam_schedule, config.lam_schedule_steps),
         floor=config.floor if concept_level else 0.0,
         prior=config.prior if concept_level else "empirical",
-        cost=_concept_cost(config.cost, len(concept_sizes)),
+        cost=load_concept_cost(config.cost, len(concept_sizes)),
         temperature=config.temperature,
         example_level="reweight" if reweight else "none",
         gamma=config.gamma,
@@ -116,8 +117,9 @@ def lam_schedule(lam: float, schedule: str, steps: int) -> Hyperparameter:
     return deferred if schedule == "defer" else annealed
 
 
-def _concept_cost(cost: str | None, num_concepts: int) -> np.ndarray | None:
-    """The K x K ground cost of the `wasserstein` concept response, or None for the default 1 - I.
+def load_concept_cost(cost: str | None, num_concepts: int) -> np.ndarray | None:
+    """The K x K ground cost of the `wasserstein` concept response, or None for the default 1 - I; a ConfigError
+    naming the key when the file is missing or of another shape (checked before any data is read).
 
     "hierarchy": the data sets here have a single concept level, so the tree distance between concepts
     is 1 - I as well; a file gives any other metric.
@@ -125,11 +127,11 @@ def _concept_cost(cost: str | None, num_concepts: int) -> np.ndarray | None:
     if cost is None or cost == "hierarchy":
         return None
     if not os.path.exists(cost):
-        raise FileNotFoundError(f"config.robust.cost={cost!r}: no such file (give a .npy or .csv K x K matrix).")
+        raise ConfigError(f"config.robust.cost={cost!r}: no such file (give a .npy or .csv K x K matrix).")
     matrix = np.load(cost) if cost.endswith(".npy") else np.loadtxt(cost, delimiter=",")
     if matrix.shape != (num_concepts, num_concepts):
-        raise ValueError(
-            f"config.robust.cost {cost!r} has shape {matrix.shape}; the data set has {num_concepts} concepts, "
+        raise ConfigError(
+            f"config.robust.cost={cost!r}: has shape {matrix.shape}; the data set has {num_concepts} concepts, "
             f"so it must be {(num_concepts, num_concepts)}."
         )
     return matrix.astype(np.float32)

@@ -5,6 +5,11 @@ own flag, one could enter the checkpoint save while another entered the next ste
 would wait for ever. So the flag is only read at agreed steps, where the processes all-gather it: every
 process then sees the same answer and stops after the same step. A single process needs no agreement and
 checks after every step.
+
+The handler is installed for the whole launch, from before the data is read until the last file is written. Until
+`started()` (start-up: reading data, compiling, restoring) a signal interrupts at once with `RunInterrupted`, since
+this launch has saved nothing yet; from then on it only sets the flag, so a save in flight (the final one included)
+always completes, and the loop, the final evaluation and the exit act on the flag.
 """
 
 from __future__ import annotations
@@ -22,13 +27,37 @@ from jax.experimental import multihost_utils
 AGREEMENT_INTERVAL_STEPS = 10
 
 
-class StopRequest:
-    """Turns SIGTERM/SIGINT into a request that `should_stop(step)` reports on every process alike."""
+class RunInterrupted(BaseException):
+    """A stop signal during start-up, before this launch saved anything: unwinds to launch.py (not an Exception, so
+    that no `except Exception` on the way swallows it)."""
 
-    def __init__(self, agreement_interval: int = AGREEMENT_INTERVAL_STEPS) -> None:
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(
+            f"{signal_name} received during start-up: stopped before training; nothing was written by this launch. "
+            "Rerun the same command to start or resume."
+        )
+        self.signal_name = signal_name
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a request that `should_stop(step)` reports on every process alike.
+
+    With `interrupt_until_started`, a signal before `started()` raises RunInterrupted instead.
+    """
+
+    def __init__(
+        self, agreement_interval: int = AGREEMENT_INTERVAL_STEPS, *, interrupt_until_started: bool = False
+    ) -> None:
         self.signal_name: str | None = None
         self._agreement_interval = agreement_interval
         self._previous: dict[int, Any] = {}
+        self._interrupt = interrupt_until_started
+
+    def started(self) -> None:
+        """Ends start-up: from now on a signal only sets the flag (raises RunInterrupted if one already came)."""
+        self._interrupt = False
+        if self.signal_name is not None:
+            raise RunInterrupted(self.signal_name)
 
     def __enter__(self) -> StopRequest:
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -37,6 +66,14 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signal_name = signal.Signals(signum).name
+        if self._interrupt:
+            self._interrupt = False
+            raise RunInterrupted(self.signal_name)
+
+    @property
+    def requested_here(self) -> bool:
+        """Whether this process received a signal (no agreement: for a single process's own choices)."""
+        return self.signal_name is not None
 
     def __exit__(self, *exc_info: Any) -> None:
         for signum, handler in self._previous.items():

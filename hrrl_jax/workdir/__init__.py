@@ -1,6 +1,15 @@
-"""A run's work directory: its layout, the record of its configurations and its Orbax checkpoints."""
+"""A run's work directory: its layout, the record of its configurations, its lock and its Orbax checkpoints."""
 
-from hrrl_jax.workdir.checkpoints import Checkpointer, CheckpointError
-from hrrl_jax.workdir.layout import WorkDir
+from hrrl_jax.workdir.checkpoints import Checkpointer, CheckpointError, CheckpointSaveError
+from hrrl_jax.workdir.layout import WorkDir, WorkDirError
+from hrrl_jax.workdir.lock import WorkDirInUseError, WorkDirLock
 
-__all__ = ["CheckpointError", "Checkpointer", "WorkDir"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointSaveError",
+    "Checkpointer",
+    "WorkDir",
+    "WorkDirError",
+    "WorkDirInUseError",
+    "WorkDirLock",
+]

@@ -5,7 +5,9 @@
     WORKDIR/metrics.jsonl          one JSON object per log step (eval_metrics.jsonl for evaluations)
     WORKDIR/tensorboard/           the same as TensorBoard event files
     WORKDIR/checkpoints/STEP/      Orbax checkpoints of the whole train state
-    WORKDIR/results.json           the final evaluation
+    WORKDIR/results.json           the final evaluation, with "status": "finished" (or "interrupted" and the step)
+    WORKDIR/run.lock               the lock of the launch that writes here now (hrrl_jax.workdir.lock)
+    WORKDIR/corrupt_checkpoints/   checkpoints that failed their digest, moved aside (hrrl_jax.workdir.checkpoints)
 
 The configuration is recorded only after a fresh start or a successful restore, so a launch that cannot resume
 (another model, a corrupt checkpoint) leaves the record of the checkpoints already there as it was.
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from typing import Any
 
 import ml_collections
 
 from hrrl_jax.config_checks import config_from_json
+from hrrl_jax.errors import UserError
 
 CONFIG = "config.json"
 CONFIG_HISTORY = "config_history.jsonl"
@@ -27,6 +31,12 @@ METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
+FINISHED = "finished"
+INTERRUPTED = "interrupted"
+
+
+class WorkDirError(UserError, OSError):
+    """The work directory cannot be created or written (a file, a read-only or unwritable location)."""
 
 
 def metrics_filename(prefix: str) -> str:
@@ -64,6 +74,21 @@ class WorkDir:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.path.abspath(os.fspath(path))
+
+    def prepare(self) -> None:
+        """Creates the directory and proves it writable, or raises WorkDirError in one line (before any data)."""
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise WorkDirError(f"--workdir {self.path} is a file, not a directory; give a directory path.")
+        probe = self.file(f".write_probe.{uuid.uuid4().hex}")
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            with open(probe, "w") as file:
+                file.write("ok")
+            os.remove(probe)
+        except OSError as error:
+            raise WorkDirError(
+                f"--workdir {self.path} cannot be written ({error.strerror or error}): give a writable directory."
+            ) from None
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -140,14 +165,44 @@ class WorkDir:
         with open(path) as file:
             return [json.loads(line) for line in file if line.strip()]
 
-    def read_results(self) -> dict[str, Any] | None:
-        """results.json, or None if the run has not finished."""
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drops the metric records of steps after `after_step` (a resume retrains them), in every stream."""
+        for name in os.listdir(self.path):
+            if name.endswith(METRICS):
+                records = [json.loads(line) for line in open(self.file(name)) if line.strip()]
+                kept = [record for record in records if record.get("step", 0) <= after_step]
+                if len(kept) != len(records):
+                    self._write_lines(name, [json.dumps(record) for record in kept])
+
+    def read_status(self) -> dict[str, Any] | None:
+        """results.json as written, whatever its status; None if there is none."""
         path = self.file(RESULTS)
         if not os.path.exists(path):
             return None
         with open(path) as file:
             return json.load(file)
 
+    def read_results(self) -> dict[str, Any] | None:
+        """The results of a finished run; None if it has not finished (results.json of files written before the
+        status existed count as finished)."""
+        results = self.read_status()
+        if results is None or results.get("status", FINISHED) != FINISHED:
+            return None
+        return results
+
     def write_results(self, results: dict[str, Any]) -> None:
-        with open(self.file(RESULTS), "w") as file:
-            json.dump(results, file, indent=2)
+        """Writes results.json atomically (temp file + rename), so a reader never sees half a file."""
+        self._write_lines(RESULTS, [json.dumps(results, indent=2)])
+
+    def set_aside_results_before(self, step: int) -> None:
+        """Renames results.json of a finished run at a step below `step` to results_step<N>.json, since the run
+        now trains beyond it (the results of that step are kept, not overwritten)."""
+        results = self.read_results()
+        if results is not None and int(results.get("step", step)) < step:
+            os.replace(self.file(RESULTS), self.file(f"results_step{results['step']}.json"))
+
+    def _write_lines(self, name: str, lines: list[str]) -> None:
+        temporary = self.file(name + ".tmp")
+        with open(temporary, "w") as file:
+            file.writelines(line + "\n" for line in lines)
+        os.replace(temporary, self.file(name))

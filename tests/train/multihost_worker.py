@@ -66,12 +66,14 @@ def preemption_config() -> ml_collections.ConfigDict:
 
 
 def restore_final_state(workdir: str, template: TrainState) -> TrainState:
-    """The checkpoint at TOTAL_STEPS in `workdir` restored into the shapes and shardings of `template`."""
+    """The newest checkpoint in `workdir` (TOTAL_STEPS), digest-verified by every process, restored into the
+    shapes and shardings of `template`."""
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), asynchronous=False)
     try:
-        state, _ = checkpointer.restore(TOTAL_STEPS, template)
+        state, _, step = checkpointer.restore_latest(template)
     finally:
         checkpointer.close()
+    assert step == TOTAL_STEPS, step
     return state
 
 

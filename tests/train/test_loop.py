@@ -37,8 +37,12 @@ def test_resume_is_bit_identical(tmp_path, method, num_workers):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train_and_evaluate(config, str(straight))
     interrupted = train_and_evaluate(config, str(resumed), stop_at_step=4)
-    assert interrupted == {"step": 4, "interrupted": True}
-    assert not (resumed / "results.json").exists()
+    assert interrupted == {"step": 4, "interrupted": True, "status": "interrupted", "reason": "stop_at_step=4"}
+    assert json.loads((resumed / "results.json").read_text()) == {
+        "step": 4,
+        "status": "interrupted",
+        "reason": "stop_at_step=4",
+    }
     train_and_evaluate(config, str(resumed))
     final_straight = read_checkpoint_state(str(straight), 8)
     final_resumed = read_checkpoint_state(str(resumed), 8)
@@ -106,7 +110,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_is_kept(tmp_path):
                 corrupted += 1
     assert corrupted
     before = sorted(os.listdir(step_dir / "state"))
-    with pytest.raises(CheckpointError, match="step 2.*Nothing was deleted"):
+    with pytest.raises(CheckpointError, match="corrupt: steps 2.*nothing was moved or deleted"):
         train_and_evaluate(config, str(tmp_path))
     assert sorted(os.listdir(step_dir / "state")) == before
 

@@ -254,7 +254,12 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
             "local_device_count": DEVICES_PER_PROCESS,
             "state_device_count": NUM_PROCESSES * DEVICES_PER_PROCESS,
             "local_batch_size": config.batch_size // NUM_PROCESSES,
-            "interrupted": {"step": INTERRUPT_AT_STEP, "interrupted": True},
+            "interrupted": {
+                "step": INTERRUPT_AT_STEP,
+                "interrupted": True,
+                "status": "interrupted",
+                "reason": f"stop_at_step={INTERRUPT_AT_STEP}",
+            },
             "final_step": TOTAL_STEPS,
             "test_accuracy": pytest.approx(reference_results["test_accuracy"], abs=1e-6),
         }
@@ -291,7 +296,8 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
             f"{PREEMPTION_TOTAL_STEPS} before the stop was agreed; raise PREEMPTION_TOTAL_STEPS in the worker."
         )
     stop_step = interrupted[0]["step"]
-    assert interrupted == [{"step": stop_step, "interrupted": True}] * NUM_PROCESSES
+    statuses = [(output["step"], output["status"]) for output in interrupted]
+    assert statuses == [(stop_step, "interrupted")] * NUM_PROCESSES
     assert stop_step % AGREEMENT_INTERVAL_STEPS == 0
     assert STEPS_LOGGED_BEFORE_SIGNAL < stop_step < PREEMPTION_TOTAL_STEPS
     assert sorted(os.listdir(workdir / "checkpoints")) == [str(stop_step)]
