@@ -16,6 +16,7 @@ from hrrl_jax.robust.settings import ReweightingSettings
 from hrrl_jax.robust.simplex import project_simplex
 from hrrl_jax.robust.transform import (
     HierarchicalReweightingState,
+    adopt_settings,
     concept_distribution,
     find_reweighting_state,
     hierarchical_reweighting,
@@ -26,6 +27,7 @@ __all__ = [
     "DIVERGENCES",
     "HierarchicalReweightingState",
     "ReweightingSettings",
+    "adopt_settings",
     "concept_best_response",
     "concept_distribution",
     "concept_loss_estimate",
