@@ -1,7 +1,10 @@
 """The input-space example level against closed forms: linear and quadratic losses, a linear-softmax model, per-example
-and per-concept γ, fraction, weights, the clean + robust mixture, jit, 8 sharded devices, and the argument checks."""
+and per-concept γ, fraction, weights, the clean + robust mixture, jit, 8 sharded devices, the argument checks, and the
+README's snippet."""
 
 import math
+import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +14,7 @@ import pytest
 from jax.experimental import checkify
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from hrrl_jax import robust
 from hrrl_jax.robust import clean_robust_mixture, per_example_gamma, perturb_features, worst_case_inputs
 
 RNG = np.random.default_rng(0)
@@ -228,3 +232,22 @@ def test_invalid_mixture_gammas_and_loss_shapes_raise_value_error_naming_them():
         per_example_gamma(jnp.asarray([1.0, -1.0]), jnp.asarray([0, 1]))
     with pytest.raises(ValueError, match=r"per_example_loss_at must return one loss per example, shape \(8,\)"):
         worst_case_inputs(lambda inputs: jnp.sum(inputs), INPUTS, gamma=1.0)
+
+
+def test_the_readme_snippet_gives_the_loss_at_the_hand_computed_worst_case_and_its_mixture():
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = re.search(r"### Worst-case inputs.*?```python\n(.*?)```", readme, re.DOTALL).group(1)
+    namespace = {"optax": optax, "robust": robust}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    images = jnp.asarray(RNG.normal(size=(8, 5)), jnp.float32)
+    labels = jnp.asarray(RNG.integers(0, 4, 8))
+    params = {"kernel": jnp.asarray(RNG.normal(size=(5, 4)), jnp.float32), "bias": jnp.zeros(4)}
+
+    def losses_at(inputs):
+        return optax.softmax_cross_entropy_with_integer_labels(inputs @ params["kernel"], labels)
+
+    by_hand = images + (jax.nn.softmax(images @ params["kernel"]) - jax.nn.one_hot(labels, 4)) @ params["kernel"].T / 2
+    robust_loss = namespace["robust_per_example_loss"](params, images, labels, gamma=1.0)
+    np.testing.assert_allclose(robust_loss, losses_at(by_hand), rtol=1e-5)
+    mixed = namespace["robust_per_example_loss"](params, images, labels, gamma=1.0, beta=0.5)
+    np.testing.assert_allclose(mixed, 0.5 * losses_at(images) + 0.5 * losses_at(by_hand), rtol=1e-5)
