@@ -64,7 +64,8 @@ def worst_case_inputs(
     gamma = _checked_gamma(gamma, batch_size)
     row_shape = (batch_size,) + (1,) * (clean.ndim - 1)
     scale = jnp.reshape(1.0 / (2.0 * gamma), row_shape) if gamma.ndim else 1.0 / (2.0 * gamma)
-    perturbed_rows = jnp.arange(batch_size) < math.ceil(fraction * batch_size)
+    # Rounded first so that a product such as 0.28 · 25 = 7.000000000000001 counts 7 rows, not 8.
+    perturbed_rows = jnp.arange(batch_size) < math.ceil(round(fraction * batch_size, 9))
     moves = jnp.reshape(perturbed_rows & jnp.isfinite(gamma), row_shape)
     if weights is not None:
         weights = jax.lax.stop_gradient(_checked_weights(weights, batch_size))

@@ -104,6 +104,14 @@ def test_fraction_perturbs_the_first_ceil_f_m_rows_and_leaves_the_tail_exactly_c
     np.testing.assert_array_equal(adversarial[perturbed:], INPUTS[perturbed:])
 
 
+def test_fraction_counts_rows_without_float_rounding_up():
+    assert 0.28 * 25 > 7  # 7.000000000000001 in floats: ⌈0.28 · 25⌉ is 7 rows, not 8.
+    inputs = jnp.ones((25, 2))
+    adversarial = worst_case_inputs(lambda x: jnp.sum(x, axis=1), inputs, gamma=0.5, fraction=0.28)
+    np.testing.assert_array_equal(adversarial[:7], 2.0)
+    np.testing.assert_array_equal(adversarial[7:], 1.0)
+
+
 def test_weights_scale_each_step_exactly_and_the_unperturbed_rows_losses_still_pull_on_the_perturbed_ones():
     weights = jnp.asarray([1.0, 0.0, 2.0, 0.5, 3.0, 1.0, 0.25, 4.0], jnp.float32)
     adversarial = worst_case_inputs(linear_losses, INPUTS, gamma=GAMMAS, weights=weights, steps=2)
