@@ -1,7 +1,8 @@
 """hrrl_jax.robust: closed-form hierarchical (example- and concept-level) robust reweighting.
 
-A pure library core (imports only jax, numpy and optax): the closed-form worst cases of docs/method.md §2-§3, the
-unbiased minibatch estimators, and the optax transform that runs the concept-level adversary.
+A pure library core (imports only jax, numpy and optax): the closed-form worst cases of docs/method.md §2-§3 (the
+input-space ascent among them), the unbiased minibatch estimators, and the optax transform that runs the
+concept-level adversary.
 """
 
 from hrrl_jax.robust.concept_level import DIVERGENCES, concept_best_response, default_cost
@@ -12,10 +13,12 @@ from hrrl_jax.robust.example_level import (
     perturb_features,
     within_class_coupling,
 )
+from hrrl_jax.robust.input_level import clean_robust_mixture, per_example_gamma, worst_case_inputs
 from hrrl_jax.robust.settings import ReweightingSettings
 from hrrl_jax.robust.simplex import project_simplex
 from hrrl_jax.robust.transform import (
     HierarchicalReweightingState,
+    adopt_settings,
     concept_distribution,
     find_reweighting_state,
     hierarchical_reweighting,
@@ -26,6 +29,8 @@ __all__ = [
     "DIVERGENCES",
     "HierarchicalReweightingState",
     "ReweightingSettings",
+    "adopt_settings",
+    "clean_robust_mixture",
     "concept_best_response",
     "concept_distribution",
     "concept_loss_estimate",
@@ -35,8 +40,10 @@ __all__ = [
     "gamma_for_radius",
     "hierarchical_reweighting",
     "loss_weights",
+    "per_example_gamma",
     "perturb_features",
     "project_simplex",
     "weight_stats",
     "within_class_coupling",
+    "worst_case_inputs",
 ]

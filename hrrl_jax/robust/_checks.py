@@ -1,9 +1,10 @@
-"""The positive-hyperparameter check shared by the closed forms and the transform's settings."""
+"""Checks shared by the closed forms and the transform: positive hyperparameters, and reading a value if concrete."""
 
 import numbers
 from typing import Any
 
 import jax
+import numpy as np
 
 
 def check_positive(name: str, value: Any, *, allow_arrays: bool = False) -> None:
@@ -23,3 +24,16 @@ def check_positive(name: str, value: Any, *, allow_arrays: bool = False) -> None
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
         raise ValueError(f"{name} must be a number > 0 (inf allowed), got {value!r}.")
+
+
+def concrete_value(value: Any) -> np.ndarray | None:
+    """``value`` as a numpy array where it is known now (not traced or abstract), else ``None``.
+
+    An array spread over devices of several processes is read from this process's copy when it is replicated,
+    and counts as unknown otherwise (no process can read all of it).
+    """
+    if isinstance(value, jax.core.Tracer | jax.ShapeDtypeStruct):
+        return None
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        return np.asarray(value.addressable_data(0)) if value.is_fully_replicated else None
+    return np.asarray(value)

@@ -1,12 +1,14 @@
 """Minibatch estimators: the unbiased per-concept loss ``f̂`` and summary statistics of weights."""
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
+from hrrl_jax.robust._batch import per_example_concepts
 from hrrl_jax.robust._sharding import replicated
 
 
-@jax.jit
 def concept_loss_estimate(
     per_example_loss: jax.Array,
     labels: jax.Array,
@@ -21,6 +23,9 @@ def concept_loss_estimate(
     concept's mean loss. A concept absent from the batch contributes 0 (still unbiased); nothing is
     divided by a batch count, so absent concepts never produce NaN.
 
+    A label outside ``[0, C)`` is never clamped: it raises ``ValueError`` where the labels are concrete; under
+    ``jit`` it is a ``checkify`` check (``checkify.user_checks``) and makes every entry NaN.
+
     Args:
       per_example_loss: ``ℓ``, shape ``[m]``.
       labels: integer class labels, shape ``[m]``.
@@ -31,18 +36,39 @@ def concept_loss_estimate(
     Returns:
       float32 ``[K]`` estimate with stopped gradient.
     """
+    concept, in_range = per_example_concepts(concept_of_class, jnp.shape(concept_sizes)[0], labels, None)
+    estimate = batch_concept_losses(per_example_loss, concept, concept_sizes, weights)
+    return jnp.where(in_range, estimate, jnp.nan)
+
+
+def batch_concept_losses(
+    per_example_loss: jax.Array,
+    concept: jax.Array,
+    concept_sizes: jax.Array,
+    weights: jax.Array | None = None,
+    *,
+    axis_name: Any = None,
+) -> jax.Array:
+    """``f̂`` of :func:`concept_loss_estimate` from each example's concept id (``[m]``, ids outside ``[0, K)`` left
+    out); with ``axis_name``, each device holds a slice of the batch and ``f̂`` is that of the whole batch."""
     loss = replicated(jnp.asarray(per_example_loss, jnp.float32))
-    labels = replicated(jnp.asarray(labels))
-    if loss.ndim != 1 or labels.shape != loss.shape:
-        raise ValueError(f"expected per_example_loss [m] and labels [m], got shapes {loss.shape} and {labels.shape}.")
+    concept = replicated(jnp.asarray(concept))
+    if loss.ndim != 1 or concept.shape != loss.shape:
+        raise ValueError(
+            f"expected per_example_loss [m] and labels (or groups) [m], got shapes {loss.shape} and {concept.shape}."
+        )
     concept_sizes = jnp.asarray(concept_sizes, jnp.float32)
-    concept = jnp.asarray(concept_of_class)[labels]
-    importance = jnp.sum(concept_sizes) / concept_sizes[concept]
+    importance = jnp.sum(concept_sizes) / concept_sizes[jnp.maximum(concept, 0)]
     weighted = importance * loss
     if weights is not None:
         weighted = weighted * replicated(jnp.asarray(weights, jnp.float32))
+    # segment_sum drops the ids outside [0, K): out-of-range examples are left out, never clamped.
     per_concept = jax.ops.segment_sum(weighted, concept, num_segments=concept_sizes.shape[0])
-    return jax.lax.stop_gradient(per_concept / loss.shape[0])
+    batch_size = loss.shape[0]
+    if axis_name is not None:
+        per_concept = jax.lax.psum(per_concept, axis_name)
+        batch_size = jax.lax.psum(batch_size, axis_name)
+    return jax.lax.stop_gradient(per_concept / batch_size)
 
 
 @jax.jit

@@ -133,11 +133,12 @@ def gamma_for_radius(
         moves_too_much = group_moved_cost(jnp.exp(middle)) > radius
         return (jnp.where(moves_too_much, middle, low), jnp.where(moves_too_much, high, middle)), None
 
-    num_examples = labels.shape[0]
-    start = (jnp.full((num_examples,), LOG_GAMMA_RANGE[0]), jnp.full((num_examples,), LOG_GAMMA_RANGE[1]))
+    # Built from the losses so that the carry varies over the same shard_map axes as the bisection's output.
+    zeros = jnp.zeros_like(geometry.loss)
+    start = (zeros + LOG_GAMMA_RANGE[0], zeros + LOG_GAMMA_RANGE[1])
     (low, high), _ = jax.lax.scan(bisect, start, None, length=bisection_steps)
     gamma = jnp.exp(0.5 * (low + high))
-    within_budget_unpenalised = group_moved_cost(jnp.zeros((num_examples,))) <= radius
+    within_budget_unpenalised = group_moved_cost(zeros) <= radius
     return jax.lax.stop_gradient(jnp.where(within_budget_unpenalised, 0.0, gamma))
 
 
@@ -190,10 +191,14 @@ def perturb_features(
 class _PairwiseGeometry(NamedTuple):
     """What every within-class softmax of one batch shares, whatever ``γ`` and ``τ_e``.
 
+    An example whose loss or features are not finite (NaN, inf) is left out of its class group: it forms a group
+    of its own (loss and features read as 0), so it gets ``v = 1`` and the others' weights are what they would be
+    without it, all finite.
+
     Attributes:
-      loss: ``ℓ``, float32 ``[m]``, replicated, no gradient.
+      loss: ``ℓ``, float32 ``[m]``, replicated, no gradient; 0 where not finite.
       sq_distance: ``d_ij = ‖ẑ_i − ẑ_j‖²`` of the unit-length features, float32 ``[m, m]``, 0 on the diagonal.
-      same_class: ``y_i == y_j``, bool ``[m, m]``.
+      same_class: ``y_i == y_j`` for two finite examples, and ``i == j``, bool ``[m, m]``.
     """
 
     loss: jax.Array
@@ -211,11 +216,15 @@ def _pairwise_geometry(per_example_loss: jax.Array, features: jax.Array, labels:
             "expected per_example_loss [m], features [m, D] and labels [m]; got shapes "
             f"{loss.shape}, {features.shape} and {labels.shape}."
         )
+    finite = jnp.isfinite(loss) & jnp.all(jnp.isfinite(features), axis=1)
+    loss = jnp.where(finite, loss, 0.0)
+    features = jnp.where(finite[:, None], features, 0.0)
     norms = jnp.linalg.norm(features, axis=1, keepdims=True)
     unit = features / jnp.maximum(norms, 1e-12)
     is_diagonal = jnp.eye(loss.shape[0], dtype=bool)
     sq_distance = jnp.where(is_diagonal, 0.0, jnp.clip(2.0 - 2.0 * unit @ unit.T, 0.0, 4.0))
-    same_class = labels[:, None] == labels[None, :]
+    both_finite = finite[:, None] & finite[None, :]
+    same_class = ((labels[:, None] == labels[None, :]) & both_finite) | is_diagonal
     return _PairwiseGeometry(loss=loss, sq_distance=sq_distance, same_class=same_class)
 
 

@@ -24,16 +24,20 @@ SCHEDULE_CHECK_STEPS = np.unique(
 ).astype(np.int32)
 
 
-def check_hyperparameter(name: str, value: Any) -> None:
+def check_hyperparameter(name: str, value: Any) -> np.ndarray | None:
     """Raises ``ValueError`` naming ``name`` unless ``value`` is a number ``> 0`` (``inf`` allowed) or a
     schedule whose values at every step of :data:`SCHEDULE_CHECK_STEPS` are ``> 0`` (``inf`` allowed).
 
     A schedule that is not ``> 0`` somewhere (``<= 0`` or NaN) is reported with the first such step and its
     value; one that cannot be traced with an int32 step, or that returns more than one value, is refused too.
+
+    Returns:
+      a schedule's float32 values at :data:`SCHEDULE_CHECK_STEPS` (what the settings' fingerprint records of
+      it); ``None`` for a number.
     """
     if not callable(value):
         check_positive(name, value)
-        return
+        return None
     try:
         shape = jax.eval_shape(value, jax.ShapeDtypeStruct((), jnp.int32)).shape
     except TypeError as error:
@@ -54,6 +58,7 @@ def check_hyperparameter(name: str, value: Any) -> None:
             f"{name} schedule must be > 0 (inf allowed) at every step, but at step {SCHEDULE_CHECK_STEPS[first]} "
             f"it gives {values[first]}; steps checked: 0 to 1024, then 2^k and 1.5·2^k up to 2^24."
         )
+    return values
 
 
 def hyperparameter_at(value: Hyperparameter, step: jax.Array) -> float | jax.Array:

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from hrrl_jax import robust
-from hrrl_jax.train.input_level import train_mode_losses, worst_case_inputs
+from hrrl_jax.train.input_level import train_mode_losses
 from hrrl_jax.train.objective import Objective
 from hrrl_jax.train.state import TrainState
 
@@ -69,13 +69,13 @@ def train_step(
     The algorithm of docs/method.md §5: forward, example weights w_i from the adversary in the optimizer state (no
     gradient through them), gradient of (1/m) Σ w_i ℓ_i, then `tx.update` advances both the parameters and the
     adversary with the same per-example losses, labels and features. Under the `input` example level all of it,
-    the metrics included, is taken at the worst-case images x' (`hrrl_jax.train.input_level`).
+    the metrics included, is taken at the worst-case images x' (`robust.worst_case_inputs`).
     """
     images, labels = normalise(batch["image"]), batch["label"]  # uint8 from the pipeline, float32 from here on.
 
     if objective.input_gamma is not None:
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        images = worst_case_inputs(
+        images = robust.worst_case_inputs(
             train_mode_losses(model, variables, labels),
             images,
             gamma=objective.input_gamma,

@@ -1,5 +1,6 @@
-"""The `input` example level: the ascent against jax.grad per example and against the linear-head form, under
-BatchNorm and bfloat16, γ = inf is ERM, the step's loss and BatchNorm statistics are those at x', 8 devices = 1."""
+"""The `input` example level in the trainer: the library's ascent (`robust.worst_case_inputs`) on flax models, against
+jax.grad per example, under BatchNorm and bfloat16, γ = inf is ERM, the step's loss and BatchNorm statistics are
+those at x', 8 devices = 1. The closed forms of the ascent itself: tests/robust/test_input_level.py."""
 
 import flax.linen as nn
 import jax
@@ -9,8 +10,8 @@ import optax
 
 from hrrl_jax import robust
 from hrrl_jax.data import load_data
-from hrrl_jax.train import steps
-from hrrl_jax.train.input_level import train_mode_losses, worst_case_inputs
+from hrrl_jax.robust import worst_case_inputs
+from hrrl_jax.train.input_level import train_mode_losses
 from hrrl_jax.train.run import build_run
 from tests.train.helpers import rounding_bound, tiny_config
 
@@ -60,24 +61,6 @@ def test_one_step_is_x_plus_the_per_example_gradient_over_two_gamma_and_k_steps_
         worst_case_inputs(losses_at, images, gamma=gamma, steps=3), iterate, rtol=1e-6, atol=1e-6
     )
     np.testing.assert_array_equal(worst_case_inputs(losses_at, images, gamma=jnp.inf, steps=2), images)  # x' = x.
-
-
-def test_on_a_linear_model_it_is_the_linear_head_perturbation():
-    rng = np.random.default_rng(0)
-    features = jnp.asarray(rng.normal(size=(8, 5)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, 4, 8))
-    kernel, bias = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32), jnp.asarray(rng.normal(size=4), jnp.float32)
-
-    def losses_at(inputs):
-        return optax.softmax_cross_entropy_with_integer_labels(inputs @ kernel + bias, labels)
-
-    for steps_count in (1, 4):
-        np.testing.assert_allclose(
-            worst_case_inputs(losses_at, features, gamma=2.0, steps=steps_count),
-            robust.perturb_features(features, labels, kernel, bias, gamma=2.0, steps=steps_count),
-            rtol=1e-5,
-            atol=1e-6,
-        )
 
 
 class TinyBatchNormNet(nn.Module):
@@ -133,7 +116,7 @@ def test_the_step_takes_its_loss_and_batch_statistics_at_the_worst_case_images(m
         jax.debug.callback(lambda x: recorded.append(np.asarray(x)), images)
         return worst_case_inputs(per_example_loss_at, images, **kwargs)
 
-    monkeypatch.setattr(steps, "worst_case_inputs", recording)
+    monkeypatch.setattr(robust, "worst_case_inputs", recording)
     config = _input_config(robust__perturb_steps=2)
     run = build_run(config, devices=jax.devices()[:1])
     state = run.trainer.state
