@@ -24,8 +24,11 @@ import optax
 from hrrl_jax import robust
 
 
-def make_optimizer(concept_sizes: np.ndarray, learning_rate: float = 3e-3) -> optax.GradientTransformationExtraArgs:
-    """AdamW with the hierarchical reweighting in its chain, skipping non-finite steps."""
+def make_optimizer(
+    concept_sizes: np.ndarray, learning_rate: float = 3e-3, axis_name: str | None = None
+) -> optax.GradientTransformationExtraArgs:
+    """AdamW with the hierarchical reweighting in its chain, skipping non-finite steps; `axis_name` for a step
+    written per device (shard_map)."""
     return optax.apply_if_finite(
         optax.chain(
             robust.hierarchical_reweighting(
@@ -36,6 +39,7 @@ def make_optimizer(concept_sizes: np.ndarray, learning_rate: float = 3e-3) -> op
                 example_level="reweight",  # example level: within-class Wasserstein weights v
                 gamma=1.0,
                 example_temperature=1.0,
+                axis_name=axis_name,
             ),
             optax.adamw(learning_rate),
         ),

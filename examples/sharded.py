@@ -7,10 +7,10 @@ the deep features), so both ways give the single-device weights and adversary st
 
 * ``jit`` with ``NamedSharding``: the step of own_loop.py, unchanged. The batch is sharded over a 1-D mesh, the
   parameters and the optimizer state (the adversary included) are replicated, and XLA inserts the collectives.
-* ``shard_map``: the step is written per device. Each device all-gathers the per-example losses, labels and deep
-  features of the global batch, computes the weights and the adversary's update on them (the same on every
-  device, so the state stays replicated), weights its own examples with its slice, and the gradients are summed
-  with ``psum``.
+* ``shard_map``: the step is written per device, with the transform built with ``axis_name``: each device passes
+  its own examples' losses, labels and features to ``loss_weights`` and ``tx.update``, which reduce the concept
+  estimate and the example level's statistics over the axis (the state stays replicated), and the gradients are
+  summed with ``psum``.
 """
 
 import sys
@@ -39,25 +39,20 @@ def make_shard_map_step(model: digits.MLP, tx: optax.GradientTransformationExtra
         def weighted_loss(params):
             logits, features = model.apply(params, images)
             per_example_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            # The global batch on every device; the weights are constants, so no gradient flows through the gather.
-            batch = {
-                "per_example_loss": per_example_loss,
-                "labels": labels,
-                "features": features,
-            }
-            batch = jax.lax.all_gather(jax.lax.stop_gradient(batch), AXIS, tiled=True)
-            weights = robust.loss_weights(opt_state, **batch)
-            own_weights = jax.lax.dynamic_slice_in_dim(weights, jax.lax.axis_index(AXIS) * local_size, local_size)
+            batch = jax.lax.stop_gradient(
+                {"per_example_loss": per_example_loss, "labels": labels, "features": features}
+            )
+            weights = robust.loss_weights(opt_state, **batch)  # This device's examples, global statistics.
             # This device's share of the global weighted mean; psum of the gradients completes it.
-            return jnp.sum(own_weights * per_example_loss) / (local_size * num_devices), (batch, weights)
+            return jnp.sum(weights * per_example_loss) / (local_size * num_devices), (batch, weights)
 
         grads, (batch, weights) = jax.grad(weighted_loss, has_aux=True)(params)
         grads = jax.lax.psum(grads, AXIS)
         updates, opt_state = tx.update(grads, opt_state, params, **batch)
         metrics = {
-            "loss": jnp.mean(batch["per_example_loss"]),
+            "loss": jax.lax.pmean(jnp.mean(batch["per_example_loss"]), AXIS),
             "concept_distribution": robust.concept_distribution(opt_state),
-            "ess": robust.weight_stats(weights)["ess"],
+            "ess": robust.weight_stats(jax.lax.all_gather(weights, AXIS, tiled=True))["ess"],
         }
         return optax.apply_updates(params, updates), opt_state, metrics
 
@@ -89,7 +84,7 @@ def train(
 
     data = digits.load()
     model = digits.MLP()
-    tx = own_loop.make_optimizer(data.concept_sizes)
+    tx = own_loop.make_optimizer(data.concept_sizes, axis_name=AXIS if parallelism == "shard_map" else None)
     params = jax.device_put(model.init(jax.random.key(seed), data.train_images[:1]), replicated)
     opt_state = jax.device_put(tx.init(params), replicated)
     if parallelism == "jit":

@@ -15,7 +15,7 @@ import jax.typing  # noqa: E402
 from sphinx.util.typing import stringify_annotation  # noqa: E402
 
 import hrrl_jax  # noqa: E402
-from hrrl_jax.robust import schedules  # noqa: E402
+from hrrl_jax.robust import input_level, schedules  # noqa: E402
 
 project = "hrrl_jax"
 release = version = hrrl_jax.__version__
@@ -34,6 +34,7 @@ html_theme = "alabaster"
 TYPE_ALIASES = {
     "~hrrl_jax.robust.schedules.Hyperparameter": schedules.Hyperparameter,
     "~jax.typing.ArrayLike": jax.typing.ArrayLike,
+    "~hrrl_jax.robust.input_level.PerExampleLoss": input_level.PerExampleLoss,
 }
 
 

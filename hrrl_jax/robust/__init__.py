@@ -1,8 +1,8 @@
 """hrrl_jax.robust: closed-form hierarchical (example- and concept-level) robust reweighting.
 
-A pure library core (imports only jax, numpy and optax): the closed-form worst cases of docs/method.md §2-§3 (the
-input-space ascent among them), the unbiased minibatch estimators, and the optax transform that runs the
-concept-level adversary.
+A pure library core (imports only jax, numpy and optax): the closed-form worst cases of the method page
+(`§2 <method.html#2-concept-level>`_, `§3 <method.html#3-example-level>`_; the input-space ascent among them),
+the unbiased minibatch estimators, and the optax transform that runs the concept-level adversary.
 """
 
 from hrrl_jax.robust.concept_level import DIVERGENCES, concept_best_response, default_cost

@@ -1,7 +1,7 @@
 """Closed-form worst-case concept distributions p*(f) for the concept-level adversary.
 
 For concept losses ``f ∈ R^K``, a prior ``q`` on the simplex and a penalty ``λ > 0``, each function
-returns the exact maximiser of ``⟨p, f⟩ − λ·D(p, q)`` over the simplex (docs/method.md §2).
+returns the exact maximiser of ``⟨p, f⟩ − λ·D(p, q)`` over the simplex (`method §2 <method.html#2-concept-level>`_).
 """
 
 import functools

@@ -16,7 +16,9 @@ def concept_loss_estimate(
     concept_sizes: jax.Array,
     weights: jax.Array | None = None,
 ) -> jax.Array:
-    """Unbiased estimate of the per-concept losses from a uniform minibatch (docs/method.md §4).
+    """Unbiased estimate of the per-concept losses from a uniform minibatch.
+
+    See `method §4 <method.html#4-unbiased-minibatch-estimates>`_.
 
     ``f̂_k = (1/m) Σ_{i∈B, c(y_i)=k} (N/n_k) · v_i ℓ_i`` with ``N = Σ_k n_k``. For a batch drawn
     uniformly from the ``N`` training examples, ``E[f̂_k] = (1/n_k) Σ_{i: c(y_i)=k} v_i ℓ_i``, the
@@ -78,6 +80,7 @@ def weight_stats(weights: jax.Array) -> dict[str, jax.Array]:
     * ``ess``: normalised effective sample size ``(Σw)² / (m Σw²)`` in ``(0, 1]`` (1 = uniform).
     * ``entropy``: ``−Σ p_i log p_i`` of ``p = w / Σw`` in nats, at most ``log m``.
     * ``max_weight``: ``max_i w_i``.
+
     All-zero weights give ``ess = entropy = 0`` rather than NaN.
     """
     weights = jnp.asarray(weights, jnp.float32)

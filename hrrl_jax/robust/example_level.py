@@ -3,7 +3,7 @@
 The ground cost moves mass only between examples of the same class, in deep-feature space,
 ``c((z,y),(z',y')) = ‖z − z'‖² + ∞·[y ≠ y']``, handled in penalty form with multiplier ``γ``
 (Sinha, Namkoong, Duchi, "Certifying Some Distributional Robustness with Principled Adversarial
-Training", ICLR 2018). See docs/method.md §3.
+Training", ICLR 2018). See `method §3 <method.html#3-example-level>`_.
 """
 
 import functools
@@ -60,7 +60,9 @@ def example_weights(
     temperature: float | jax.Array,
     radius: float | jax.Array | None = None,
 ) -> jax.Array:
-    """Within-class closed-form Wasserstein weights ``v`` on the batch's support (docs/method.md §3).
+    """Within-class closed-form Wasserstein weights ``v`` on the batch's support.
+
+    See `method §3 <method.html#3-example-level>`_.
 
     ``v_j = |G| · Σ_i π_ij`` with ``π`` from :func:`within_class_coupling`: the worst-case mass that
     lands on example ``j``, relative to uniform. The mean of ``v`` over each class present in the
@@ -152,7 +154,9 @@ def perturb_features(
     gamma: float | jax.Array,
     steps: int = 1,
 ) -> jax.Array:
-    """Worst-case features for a linear head ``(W, b)``, off the batch's support (docs/method.md §3).
+    """Worst-case features for a linear head ``(W, b)``, off the batch's support.
+
+    See `method §3 <method.html#3-example-level>`_.
 
     One step is the closed-form ascent ``δ_i = ∇_z ℓ_i / (2γ) = Wᵀ(softmax(W z_i + b) − e_{y_i}) / (2γ)``,
     exact for the linearised loss; ``steps > 1`` iterates the stationarity condition of

@@ -1,8 +1,9 @@
 """The input-space example level: worst-case inputs by closed-form ascent, and the clean + robust loss mixture.
 
-The inner problem of docs/method.md §3 ("The input-space form") with the ground cost on the input itself,
-``sup_{x'} Σ_i w_i ℓ_i(x') − Σ_i γ_i ‖x'_i − x_i‖²`` (Sinha, Namkoong, Duchi, "Certifying Some Distributional
-Robustness with Principled Adversarial Training", ICLR 2018), for any model given as a per-example-loss callable.
+The inner problem of `method §3 <method.html#3-example-level>`_ ("The input-space form") with the ground cost on
+the input itself, ``sup_{x'} Σ_i w_i ℓ_i(x') − Σ_i γ_i ‖x'_i − x_i‖²`` (Sinha, Namkoong, Duchi, "Certifying Some
+Distributional Robustness with Principled Adversarial Training", ICLR 2018), for any model given as a
+per-example-loss callable.
 """
 
 import math
@@ -17,9 +18,12 @@ import numpy as np
 from hrrl_jax.robust._batch import ids_in_range
 from hrrl_jax.robust._checks import concrete_value
 
+# A model as the input level sees it: inputs [m, ...] -> per-example losses [m] (unreduced).
+PerExampleLoss = Callable[[jax.Array], jax.Array]
+
 
 def worst_case_inputs(
-    per_example_loss_at: Callable[[jax.Array], jax.Array],
+    per_example_loss_at: PerExampleLoss,
     inputs: jax.Array,
     *,
     gamma: float | jax.Array,
@@ -91,8 +95,9 @@ def worst_case_inputs(
 def clean_robust_mixture(clean_losses: jax.Array, robust_losses: jax.Array, *, beta: float | jax.Array) -> jax.Array:
     """Per-example ``(1 − β) ℓ_i(x) + β ℓ_i(x')``: the loss of the ε-contamination set ``(1 − β) P̂ + β Q``.
 
-    ``Q`` is the input-space worst case of :func:`worst_case_inputs` (docs/method.md §3): ``β = 1`` is its loss
-    alone, ``β = 0`` ERM's (each exact where the other loss is finite). Gradients flow through both terms.
+    ``Q`` is the input-space worst case of :func:`worst_case_inputs` (`method §3 <method.html#3-example-level>`_):
+    ``β = 1`` is its loss alone, ``β = 0`` ERM's (each exact where the other loss is finite). Gradients flow through
+    both terms.
 
     Args:
       clean_losses: ``ℓ(x)``, ``[m]``.

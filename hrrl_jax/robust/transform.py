@@ -1,6 +1,6 @@
 """The hierarchical reweighting as an optax transform: the concept-level adversary lives in its state.
 
-Each step (docs/method.md §5): the loss function reads the per-example weights
+Each step (`method §5 <method.html#5-the-algorithm>`_): the loss function reads the per-example weights
 ``w_i = p_t[c(y_i)] · N/n_{c(y_i)} · v_i`` from the optimizer state with :func:`loss_weights`, the
 optimizer steps on ``∇ (1/m) Σ_i w_i ℓ_i``, and ``update`` advances the adversary's running concept
 losses with the unbiased estimate ``f̂``. ``update`` returns the gradient updates unchanged, so the
@@ -285,7 +285,9 @@ def loss_weights(
     features: jax.Array | None = None,
     groups: jax.Array | None = None,
 ) -> jax.Array:
-    """Per-example loss weights ``w_i = p_t[c_i] · N/n_{c_i} · v_i`` (docs/method.md §4), ``c_i = c(y_i)``.
+    """Per-example loss weights ``w_i = p_t[c_i] · N/n_{c_i} · v_i``, ``c_i = c(y_i)``.
+
+    See `method §4 <method.html#4-unbiased-minibatch-estimates>`_.
 
     With a uniform minibatch, ``E_B[(1/m) Σ_i w_i ℓ_i] = Σ_k p_k R̂_k``: the gradient of the weighted
     mean is an unbiased estimate of the robust objective's. Call it inside the loss function (it is
@@ -364,8 +366,9 @@ def _example_level_weights(
     labels: jax.Array,
     step: jax.Array,
 ) -> jax.Array | None:
-    """The example weights ``v`` (docs/method.md §3) with ``γ_t``, ``τ_e,t`` at ``step``, or ``None`` for
-    ``example_level="none"``; with ``axis_name``, computed on the gathered batch and this device's part returned."""
+    """The example weights ``v`` (`method §3 <method.html#3-example-level>`_) with ``γ_t``, ``τ_e,t`` at ``step``, or
+    ``None`` for ``example_level="none"``; with ``axis_name``, computed on the gathered batch and this device's part
+    returned."""
     if settings.example_level == "none":
         return None
     temperature = hyperparameter_at(settings.example_temperature, step)

@@ -27,6 +27,10 @@ from hrrl_jax.workdir.layout import FINISHED, INTERRUPTED
 _STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOENT, errno.EACCES)
 
 
+# Metrics that count since the start of the run: logged as their last value in a window, not its mean.
+CUMULATIVE_METRICS = {"adversary_skipped_updates"}
+
+
 class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite."""
 
@@ -76,6 +80,8 @@ def _train_and_evaluate_locked(
             state, _, _ = restored
             start_step = int(jax.device_get(state.step))
             print(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}.", flush=True)
+            if run.trainer.objective.reweights:
+                state = _adopt_changed_robust_settings(state)
         check_resumed_schedule(
             directory,
             durations,
@@ -198,6 +204,23 @@ def _train_and_evaluate_locked(
                         raise
 
 
+def _adopt_changed_robust_settings(state: TrainState) -> TrainState:
+    """The restored state, its adversary carried over to this launch's robust settings if they changed (a deliberate
+    change: config_history.jsonl records it), said on the console."""
+    try:
+        robust.find_reweighting_state(state.opt_state)
+    except ValueError as mismatch:
+        if "saved by a transform with other settings" not in str(mismatch):
+            raise
+        print(
+            "The adversary's settings changed since the checkpoint; its concept losses carry over under the new "
+            f"ones ({str(mismatch).split(': ', 1)[-1].split('. ')[0]}).",
+            flush=True,
+        )
+        return state.replace(opt_state=robust.adopt_settings(state.opt_state))
+    return state
+
+
 def _last_logged(directory: WorkDir, step: int) -> dict[str, np.ndarray]:
     """The last metrics record at or before `step` that this run logged, without its step."""
     records = [record for record in directory.read_metrics() if record["step"] <= step]
@@ -228,4 +251,7 @@ def _report_config_changes(changed: dict[str, list[Any]], step: int) -> None:
 def _mean_metrics(window: list[dict[str, jax.Array]]) -> dict[str, np.ndarray]:
     """Averages each metric over the steps of a log window (vectors entry-wise)."""
     fetched = jax.device_get(window)
-    return {name: np.mean([metrics[name] for metrics in fetched], axis=0) for name in fetched[0] if name != "finite"}
+    summary = {name: np.mean([metrics[name] for metrics in fetched], axis=0) for name in fetched[0] if name != "finite"}
+    for name in CUMULATIVE_METRICS & set(summary):  # Counts since the start: the window's last value.
+        summary[name] = np.asarray(fetched[-1][name])
+    return summary

@@ -134,6 +134,8 @@ def train_step(
     metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["param_norm"])
     if objective.reweights:
         metrics["concept_distribution"] = robust.concept_distribution(opt_state)
+        # Adversary updates skipped so far (a non-finite concept-loss estimate or an id out of range).
+        metrics["adversary_skipped_updates"] = robust.find_reweighting_state(opt_state).skipped_updates
         metrics.update({f"weight_{name}": value for name, value in robust.weight_stats(weights).items()})
     return new_state, metrics
 

@@ -342,7 +342,8 @@ def _check_tree_matches(saved: Any, abstract_state: Any, step: int, directory: s
         raise CheckpointError(
             f"The checkpoint at step {step} in {directory} has another state structure than this run expects "
             f"({len(found)} arrays saved, {len(expected)} expected; first differing: {differing[0]}): it was "
-            "written with another configuration (robust method, optimizer, model). Nothing was changed: rerun "
+            "written with another configuration (robust method, optimizer, model) or an older hrrl_jax version. "
+            "Nothing was changed: rerun "
             "with the configuration in config.json, or use another --workdir."
         )
     for path, shape in expected.items():

@@ -228,3 +228,18 @@ def test_evaluation_stops_between_batches_when_asked():
 
     assert evaluation.evaluate(step, None, Pipeline(), None, should_stop=lambda: len(calls) == 1) is None
     assert calls == [0]
+
+
+def test_a_resume_with_other_robust_settings_carries_the_adversary_over_and_says_so(tmp_path, capsys):
+    train_and_evaluate(
+        tiny_config(total_steps=4, log_every_steps=1, robust__method="hrrl"), str(tmp_path), stop_at_step=2
+    )
+    capsys.readouterr()
+    train_and_evaluate(
+        tiny_config(total_steps=4, log_every_steps=1, robust__method="hrrl", robust__lam=5.0), str(tmp_path)
+    )
+    output = capsys.readouterr().out
+    assert "The adversary's settings changed since the checkpoint" in output and "lam saved 1" in output
+    records = WorkDir(tmp_path).read_metrics()
+    assert [record["step"] for record in records] == [1, 2, 3, 4]
+    assert all(record["adversary_skipped_updates"] == 0 for record in records)  # The new settings were adopted.
