@@ -2,6 +2,7 @@
 name of hrrl_jax.robust with a readable signature, and renders the method page with its sections' anchors."""
 
 import html
+import inspect
 import re
 import subprocess
 import sys
@@ -77,3 +78,9 @@ def test_docstrings_cite_the_rendered_method_page_and_its_anchors_exist(built):
     assert {"2-concept-level", "3-example-level", "4-unbiased-minibatch-estimates"} <= cited
     for anchor in cited:
         assert f'id="{anchor}"' in method_page, anchor
+
+
+def test_help_shows_the_type_aliases_not_their_expansions():
+    signature = str(inspect.signature(robust.hierarchical_reweighting))
+    assert "lam: 'Hyperparameter'" in signature and "jaxlib" not in signature
+    assert "per_example_loss_at: 'PerExampleLoss'" in str(inspect.signature(robust.worst_case_inputs))

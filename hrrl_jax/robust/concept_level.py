@@ -4,6 +4,8 @@ For concept losses ``f ∈ R^K``, a prior ``q`` on the simplex and a penalty ``�
 returns the exact maximiser of ``⟨p, f⟩ − λ·D(p, q)`` over the simplex (`method §2 <method.html#2-concept-level>`_).
 """
 
+from __future__ import annotations
+
 import functools
 from typing import Literal
 

@@ -1,5 +1,7 @@
 """Minibatch estimators: the unbiased per-concept loss ``f̂`` and summary statistics of weights."""
 
+from __future__ import annotations
+
 from typing import Any
 
 import jax

@@ -6,6 +6,8 @@ The ground cost moves mass only between examples of the same class, in deep-feat
 Training", ICLR 2018). See `method §3 <method.html#3-example-level>`_.
 """
 
+from __future__ import annotations
+
 import functools
 from typing import NamedTuple
 

@@ -6,6 +6,8 @@ Distributional Robustness with Principled Adversarial Training", ICLR 2018), for
 per-example-loss callable.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
 from collections.abc import Callable

@@ -6,6 +6,8 @@ everywhere, so :func:`check_hyperparameter` evaluates it as a step does (traced,
 float32) at every step of :data:`SCHEDULE_CHECK_STEPS` and refuses the first step where it is not ``> 0``.
 """
 
+from __future__ import annotations
+
 from typing import Any
 
 import jax

@@ -1,5 +1,7 @@
 """Euclidean projection onto the probability simplex (the `l2` concept-level best response)."""
 
+from __future__ import annotations
+
 import jax
 import jax.numpy as jnp
 

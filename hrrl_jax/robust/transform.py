@@ -11,6 +11,8 @@ its fingerprint rides in the state's leaves, so a checkpoint restored into a tra
 refused (:mod:`hrrl_jax.robust._fingerprint`).
 """
 
+from __future__ import annotations
+
 from typing import Any, Literal, NamedTuple
 
 import jax
