@@ -79,9 +79,6 @@ def _train_and_evaluate_locked(
         if restored is not None:
             state, _, _ = restored
             start_step = int(jax.device_get(state.step))
-            print(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}.", flush=True)
-            if run.trainer.objective.reweights:
-                state = _adopt_changed_robust_settings(state)
         check_resumed_schedule(
             directory,
             durations,
@@ -89,6 +86,10 @@ def _train_and_evaluate_locked(
             steps_per_epoch=run.train_pipeline.steps_per_epoch,
             learning_rate_fn=run.trainer.learning_rate_fn,
         )
+        if restored is not None:  # Said only once the resume is accepted.
+            print(f"Resuming from the checkpoint at step {start_step} in {checkpointer.directory}.", flush=True)
+            if run.trainer.objective.reweights:
+                state = _adopt_changed_robust_settings(state)
         stop.started()  # Start-up is over: from here a signal is acted on after the step, the save or the batch.
         if is_main_process:  # Only now: a launch that cannot resume leaves the record of the checkpoints as it was.
             _report_config_changes(directory.record_config(config, step=start_step), start_step)

@@ -207,11 +207,10 @@ class Checkpointer:
             try:
                 state, meta = self._restore_verified(step, abstract_state)
             except CorruptCheckpoint as corrupt:
-                if not self._agreed(False):
-                    self._report(str(corrupt))
-                    rejected.append(step)
-                    continue
-                raise AssertionError("processes disagree on a checkpoint they all failed to read") from corrupt
+                self._agreed(False)  # Collective under multi-host: the other processes learn of it.
+                self._report(str(corrupt))
+                rejected.append(step)
+                continue
             if not self._agreed(True):  # Another process found its part of this checkpoint corrupt.
                 self._report(f"Checkpoint at step {step} in {self.directory} is corrupt on another process; not used.")
                 rejected.append(step)
@@ -236,7 +235,7 @@ class Checkpointer:
         return os.path.join(os.path.dirname(self.directory), CORRUPT_CHECKPOINTS)
 
     def _saved_tree(self, step: int) -> Any:
-        """The saved state's tree metadata (structure, shapes, dtypes); CorruptCheckpoint if unreadable."""
+        """The saved state's tree metadata (structure, shapes, dtypes); an _UnreadableTree if it cannot be read."""
         try:
             return self._manager.item_metadata(step)["state"].tree
         except Exception as error:

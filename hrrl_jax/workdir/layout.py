@@ -169,7 +169,8 @@ class WorkDir:
         """Drops the metric records of steps after `after_step` (a resume retrains them), in every stream."""
         for name in os.listdir(self.path):
             if name.endswith(METRICS):
-                records = [json.loads(line) for line in open(self.file(name)) if line.strip()]
+                with open(self.file(name)) as file:
+                    records = [json.loads(line) for line in file if line.strip()]
                 kept = [record for record in records if record.get("step", 0) <= after_step]
                 if len(kept) != len(records):
                     self._write_lines(name, [json.dumps(record) for record in kept])
