@@ -24,6 +24,11 @@ from hrrl_jax.schema import (
     DIVERGENCES,
     EXAMPLE_LEVELS,
     HOLDOUT_SPLIT,
+    INPUT_BATCH_NORMS,
+    INPUT_COUPLINGS,
+    INPUT_CRAFT_MODES,
+    INPUT_DIRECTIONS,
+    INPUT_GRADIENTS,
     KNOWN_DATASETS,
     KNOWN_SHIFTS,
     LAM_SCHEDULES,
@@ -204,6 +209,18 @@ RULES: dict[str, Check] = {
     "robust.example_temperature": _POSITIVE_OR_INF,
     "robust.radius": _optional(_POSITIVE_OR_INF),
     "robust.perturb_steps": _POSITIVE_INTEGER,
+    "robust.input_beta": _number("a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "robust.input_fraction": _STEP_SIZE,
+    "robust.input_gradient": _one_of(INPUT_GRADIENTS),
+    "robust.input_direction": _one_of(INPUT_DIRECTIONS),
+    "robust.input_batch_norm": _one_of(INPUT_BATCH_NORMS),
+    "robust.input_craft_batch_norm": _one_of(INPUT_CRAFT_MODES),
+    "robust.input_gamma_by_concept": _optional(
+        _sequence_of(_POSITIVE_OR_INF, "a non-empty tuple of numbers > 0 (inf allowed)", non_empty=True)
+    ),
+    "robust.input_coupling": _one_of(INPUT_COUPLINGS),
+    "robust.input_defer_steps": _NON_NEGATIVE_INTEGER,
+    "robust.input_ramp_steps": _NON_NEGATIVE_INTEGER,
     "robust.step_offset": _NON_NEGATIVE,
     "robust.constant_step": _optional(_STEP_SIZE),
     "robust.group_dro_eta": _POSITIVE,
@@ -412,10 +429,36 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
             f"config.robust.lam_schedule={robust['lam_schedule']!r} (the step T from which λ is lam); set it, or use "
             "lam_schedule='constant'."
         )
+    _check_input_level(robust)
     if robust["method"] == "group_dro" and robust["constant_step"] is not None:
         raise ConfigError(
             f"config.robust.constant_step={robust['constant_step']!r}: group_dro accumulates losses (sums), and a "
             "constant adversary step applies to running means only; unset it or use another method."
+        )
+
+
+def _check_input_level(robust: Mapping[str, Any]) -> None:
+    """The `input` example level's forms that need another key (checked whatever the method, as the keys are)."""
+    if robust["input_gradient"] == "clean_pass":
+        if robust["perturb_steps"] != 1:
+            raise ConfigError(
+                f"config.robust.perturb_steps={robust['perturb_steps']!r}: input_gradient='clean_pass' takes one step, "
+                "from the clean pass's own input gradient; set perturb_steps=1, or use input_gradient='ascent'."
+            )
+        if robust["input_beta"] >= 1:
+            raise ConfigError(
+                f"config.robust.input_beta={robust['input_beta']!r}: input_gradient='clean_pass' needs the clean loss "
+                "in the objective (its backward gives ∇_x ℓ), so input_beta < 1, e.g. 0.5; or use input_gradient='ascent'."
+            )
+        if robust["input_craft_batch_norm"] != "train":
+            raise ConfigError(
+                f"config.robust.input_craft_batch_norm={robust['input_craft_batch_norm']!r}: input_gradient='clean_pass' "
+                "crafts x' from the clean pass, in train mode; set it to 'train', or use input_gradient='ascent'."
+            )
+    if robust["input_batch_norm"] == "auxiliary" and robust["input_beta"] >= 1:
+        raise ConfigError(
+            f"config.robust.input_beta={robust['input_beta']!r}: input_batch_norm='auxiliary' trains the main "
+            "BatchNorm on the clean pass only, which input_beta=1 leaves out; set input_beta < 1, e.g. 0.5."
         )
 
 

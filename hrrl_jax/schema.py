@@ -21,6 +21,14 @@ ROBUST_METHODS = ("erm", "el", "cl", "hrrl", "group_dro")
 EXAMPLE_LEVELS = ("reweight", "perturb", "input")  # The trainer's; the library's transform knows reweight | none.
 DIVERGENCES = ("l2", "kl", "wasserstein", "none")  # Concept level; none: no concept-level reweighting.
 LAM_SCHEDULES = ("constant", "defer", "anneal")  # λ_t of the concept level: default_robust_config says each.
+# The `input` example level's forms (docs/method.md §3): where ∇_x ℓ comes from, which way the image moves, which
+# BatchNorm normalises the perturbed pass, in which BatchNorm mode the ascent passes craft it, how it is coupled to
+# the concept level.
+INPUT_GRADIENTS = ("ascent", "clean_pass")
+INPUT_DIRECTIONS = ("gradient", "random")
+INPUT_BATCH_NORMS = ("main", "auxiliary")
+INPUT_CRAFT_MODES = ("train", "eval")
+INPUT_COUPLINGS = ("none", "weights")
 PRIORS = ("uniform", "empirical")
 CONCEPT_COSTS = ("hierarchy",)  # Besides None (the 0/1 cost 1 - I) and the path of a .npy/.csv K x K matrix.
 OPTIMIZER_NAMES = ("sgd", "adamw")
@@ -68,6 +76,19 @@ def default_robust_config() -> ml_collections.ConfigDict:
     config.example_temperature = 1.0  # τ_e of `reweight`.
     config.radius = _unset()  # Set: find γ per class so the coupling moves exactly this much (reweight only).
     config.perturb_steps = 1  # Ascent steps of the `perturb` and `input` forms.
+    # The `input` example level (docs/method.md §3; defaults: today's form, the loss at x' alone):
+    config.input_beta = 1.0  # β in [0, 1]: per-example loss (1 - β) ℓ(x) + β ℓ(x'); 0 is ERM's, 1 the robust one.
+    config.input_fraction = 1.0  # f in (0, 1]: the share of each batch that is perturbed (the rest stays clean).
+    # ascent: perturb_steps extra passes craft x' | clean_pass: x' from ∇_x of the clean pass's own backward (one
+    # step, no extra pass; needs input_beta < 1).
+    config.input_gradient = "ascent"
+    config.input_direction = "gradient"  # gradient | random: the control, same per-example ‖x' - x‖, random direction.
+    config.input_batch_norm = "main"  # main | auxiliary: a second BatchNorm for the perturbed pass (AdvProp).
+    config.input_craft_batch_norm = "train"  # train | eval: BatchNorm mode of the `ascent` passes that craft x'.
+    config.input_gamma_by_concept = _unset()  # Set: γ_k, one value > 0 per concept (inf keeps a concept clean).
+    config.input_coupling = "none"  # none | weights: craft against Σ w_i ℓ_i, example i's move scaled by w_i.
+    config.input_defer_steps = 0  # Steps of x' = x before the example level starts.
+    config.input_ramp_steps = 0  # Then 1/γ ramps linearly from 0 to its value over this many steps.
     config.step_offset = 0.0  # t0 of the adversary's step size 1 / (t + 1 + t0).
     config.constant_step = _unset()  # Set, in (0, 1]: constant adversary step instead of 1 / (t + 1 + t0).
     config.group_dro_eta = 0.01  # Group DRO's step size η (lam = 1 / η, cumulative losses).
