@@ -447,13 +447,15 @@ def _check_input_level(robust: Mapping[str, Any]) -> None:
             )
         if robust["input_beta"] >= 1:
             raise ConfigError(
-                f"config.robust.input_beta={robust['input_beta']!r}: input_gradient='clean_pass' needs the clean loss "
-                "in the objective (its backward gives ∇_x ℓ), so input_beta < 1, e.g. 0.5; or use input_gradient='ascent'."
+                f"config.robust.input_beta={robust['input_beta']!r}: input_gradient='clean_pass' needs the clean "
+                "loss in the objective (its backward gives ∇_x ℓ), so input_beta < 1, e.g. 0.5; or use "
+                "input_gradient='ascent'."
             )
         if robust["input_craft_batch_norm"] != "train":
             raise ConfigError(
-                f"config.robust.input_craft_batch_norm={robust['input_craft_batch_norm']!r}: input_gradient='clean_pass' "
-                "crafts x' from the clean pass, in train mode; set it to 'train', or use input_gradient='ascent'."
+                f"config.robust.input_craft_batch_norm={robust['input_craft_batch_norm']!r}: "
+                "input_gradient='clean_pass' crafts x' from the clean pass, in train mode; set it to 'train', or use "
+                "input_gradient='ascent'."
             )
     if robust["input_batch_norm"] == "auxiliary" and robust["input_beta"] >= 1:
         raise ConfigError(

@@ -13,7 +13,14 @@ from hrrl_jax.robust.example_level import (
     perturb_features,
     within_class_coupling,
 )
-from hrrl_jax.robust.input_level import clean_robust_mixture, per_example_gamma, worst_case_inputs
+from hrrl_jax.robust.input_level import (
+    InputLevelAux,
+    clean_robust_mixture,
+    input_level_value_and_grad,
+    per_example_gamma,
+    worst_case_inputs,
+)
+from hrrl_jax.robust.schedules import deferred_ramp
 from hrrl_jax.robust.settings import ReweightingSettings
 from hrrl_jax.robust.simplex import project_simplex
 from hrrl_jax.robust.transform import (
@@ -28,6 +35,7 @@ from hrrl_jax.robust.transform import (
 __all__ = [
     "DIVERGENCES",
     "HierarchicalReweightingState",
+    "InputLevelAux",
     "ReweightingSettings",
     "adopt_settings",
     "clean_robust_mixture",
@@ -35,10 +43,12 @@ __all__ = [
     "concept_distribution",
     "concept_loss_estimate",
     "default_cost",
+    "deferred_ramp",
     "example_weights",
     "find_reweighting_state",
     "gamma_for_radius",
     "hierarchical_reweighting",
+    "input_level_value_and_grad",
     "loss_weights",
     "per_example_gamma",
     "perturb_features",

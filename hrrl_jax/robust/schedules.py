@@ -71,3 +71,24 @@ def hyperparameter_at(value: Hyperparameter, step: jax.Array) -> float | jax.Arr
 
 def _float32(value: Any) -> jax.Array:
     return jnp.asarray(value, jnp.float32)
+
+
+def deferred_ramp(gamma: Any, *, defer_steps: int, ramp_steps: int) -> optax.Schedule:
+    """``t -> γ_t`` for a warm-up of the input level: ``γ_t = inf`` (``x' = x``) for ``t < defer_steps``, then
+    ``1/γ_t`` ramps linearly from ``1/(ramp_steps·γ)`` to ``1/γ`` over ``ramp_steps`` steps, then ``γ_t = γ``.
+
+    The step ``1/(2γ_t)`` of :func:`hrrl_jax.robust.worst_case_inputs` thus grows linearly from 0; ``gamma`` may
+    be a scalar or a vector (per example or per concept), scaled as a whole.
+    """
+    if defer_steps < 0 or ramp_steps < 0:
+        raise ValueError(f"defer_steps and ramp_steps must be >= 0, got {defer_steps} and {ramp_steps}.")
+    gamma = jnp.asarray(gamma, jnp.float32)
+
+    def gamma_at(step: jax.Array) -> jax.Array:
+        since = jnp.asarray(step, jnp.float32) - defer_steps
+        share = (
+            jnp.clip((since + 1.0) / max(ramp_steps, 1), 0.0, 1.0) if ramp_steps else (since >= 0).astype(jnp.float32)
+        )
+        return jnp.where(share > 0, gamma / jnp.maximum(share, 1e-30), jnp.inf)
+
+    return gamma_at

@@ -20,7 +20,15 @@ from hrrl_jax.errors import ConfigError
 from hrrl_jax.robust.schedules import Hyperparameter
 from hrrl_jax.schema import EXAMPLE_LEVELS, LAM_SCHEDULES, ROBUST_METHODS, default_robust_config
 
-__all__ = ["EXAMPLE_LEVELS", "ROBUST_METHODS", "Objective", "build_objective", "default_robust_config", "lam_schedule"]
+__all__ = [
+    "EXAMPLE_LEVELS",
+    "ROBUST_METHODS",
+    "InputLevel",
+    "Objective",
+    "build_objective",
+    "default_robust_config",
+    "lam_schedule",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,19 +37,43 @@ class Objective:
 
     `reweights`: the optimizer holds the reweighting transform and the loss uses `robust.loss_weights`.
     `perturb_gamma`: when set, per-example losses are the `perturb` form's robust losses.
-    `input_gamma`: when set, the loss is taken at the `input` form's worst-case images
-    (`hrrl_jax.train.input_level`). `perturb_steps`: the ascent steps of either form.
+    `input_level`: when set, the step's value and gradient are the `input` form's
+    (`robust.input_level_value_and_grad`, through `hrrl_jax.train.input_level`). `perturb_steps`: the ascent steps
+    of the `perturb` form.
     """
 
     method: str
     reweights: bool
     perturb_gamma: float | None = None
-    input_gamma: float | None = None
+    input_level: InputLevel | None = None
     perturb_steps: int = 1
 
 
+@dataclasses.dataclass(frozen=True)
+class InputLevel:
+    """The `input` example level's settings, `config.robust.input_*` (docs/method.md §3), static under jit.
+
+    `gamma_by_concept` (γ_k, one per concept) replaces the scalar `gamma` when set; `defer_steps` and `ramp_steps`
+    schedule it over the train step (`robust.deferred_ramp`); `seed` seeds the random control's directions.
+    """
+
+    gamma: float
+    gamma_by_concept: tuple[float, ...] | None
+    steps: int
+    beta: float
+    fraction: float
+    gradient: str
+    direction: str
+    batch_norm: str
+    craft_batch_norm: str
+    coupling: str
+    defer_steps: int
+    ramp_steps: int
+    seed: int
+
+
 def build_objective(
-    config: ml_collections.ConfigDict, concept_of_class: np.ndarray, concept_sizes: np.ndarray
+    config: ml_collections.ConfigDict, concept_of_class: np.ndarray, concept_sizes: np.ndarray, *, seed: int = 0
 ) -> tuple[Objective, optax.GradientTransformationExtraArgs | None]:
     """Returns the step's `Objective` and the reweighting transform to put first in the optimizer chain.
 
@@ -50,7 +82,8 @@ def build_objective(
     cl and hrrl play λ_t of `robust.lam_schedule` (`lam_schedule`); group_dro keeps its λ = 1/η, whose
     annealing is in its cumulative losses. The floor ρ (`robust.floor`) applies to every method with a
     concept level: cl, hrrl and group_dro. The `perturb` and `input` example levels change the loss, not the
-    weights, so their transform is built with `example_level="none"`.
+    weights, so their transform is built with `example_level="none"`. `seed` (the run's) seeds the `input` level's
+    random control.
     """
     method = config.method
     if method not in ROBUST_METHODS:
@@ -92,10 +125,38 @@ def build_objective(
         method=method,
         reweights=True,
         perturb_gamma=config.gamma if perturb else None,
-        input_gamma=config.gamma if input_form else None,
+        input_level=input_level(config, len(concept_sizes), seed) if input_form else None,
         perturb_steps=config.perturb_steps,
     )
     return objective, transform
+
+
+def input_level(config: ml_collections.ConfigDict, num_concepts: int, seed: int) -> InputLevel:
+    """`config.robust`'s `input` settings; a ConfigError naming the key when `input_gamma_by_concept` does not have
+    one value per concept (checked before any data is read)."""
+    gamma_by_concept = config.get("input_gamma_by_concept")
+    if gamma_by_concept is not None:
+        gamma_by_concept = tuple(float(value) for value in gamma_by_concept)
+        if len(gamma_by_concept) != num_concepts:
+            raise ConfigError(
+                f"config.robust.input_gamma_by_concept={config.input_gamma_by_concept!r}: has {len(gamma_by_concept)} "
+                f"values; the data set has {num_concepts} concepts, so give {num_concepts}."
+            )
+    return InputLevel(
+        gamma=float(config.gamma),
+        gamma_by_concept=gamma_by_concept,
+        steps=int(config.perturb_steps),
+        beta=float(config.input_beta),
+        fraction=float(config.input_fraction),
+        gradient=config.input_gradient,
+        direction=config.input_direction,
+        batch_norm=config.input_batch_norm,
+        craft_batch_norm=config.input_craft_batch_norm,
+        coupling=config.input_coupling,
+        defer_steps=int(config.input_defer_steps),
+        ramp_steps=int(config.input_ramp_steps),
+        seed=int(seed),
+    )
 
 
 def lam_schedule(lam: float, schedule: str, steps: int) -> Hyperparameter:

@@ -67,7 +67,7 @@ def make_optimizer_chain(
 ) -> tuple[optax.GradientTransformationExtraArgs, Objective, optax.Schedule]:
     """The robust reweighting transform (if the method has one) chained before the base optimizer."""
     base_optimizer, learning_rate_fn = make_optimizer(config, total_steps)
-    objective, reweighting = build_objective(config.robust, hierarchy.concept_of_class, concept_sizes)
+    objective, reweighting = build_objective(config.robust, hierarchy.concept_of_class, concept_sizes, seed=config.seed)
     transforms = [base_optimizer] if reweighting is None else [reweighting, base_optimizer]
     return optax.chain(*transforms), objective, learning_rate_fn
 

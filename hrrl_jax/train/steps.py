@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from hrrl_jax import robust
-from hrrl_jax.train.input_level import train_mode_losses
+from hrrl_jax.train.input_level import input_level_value_and_grad
 from hrrl_jax.train.objective import Objective
 from hrrl_jax.train.state import TrainState
 
@@ -53,6 +53,29 @@ def per_example_losses(
     return optax.softmax_cross_entropy_with_integer_labels(robust_logits, labels)
 
 
+def loss_fn(
+    params: Any, *, state: TrainState, images: jax.Array, labels: jax.Array, model: nn.Module, objective: Objective
+) -> tuple[jax.Array, LossAux]:
+    """The weighted mean loss (1/m) Σ w_i ℓ_i of the step's one train-mode pass (every form but `input`)."""
+    (logits, features), updated = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
+    )
+    losses = per_example_losses(params, logits, features, labels, objective)
+    if objective.reweights:
+        weights = robust.loss_weights(
+            state.opt_state,
+            labels,
+            per_example_loss=jax.lax.stop_gradient(losses),
+            features=jax.lax.stop_gradient(features),
+        )
+    else:
+        weights = jnp.ones_like(losses)
+    aux = LossAux(
+        per_example_loss=losses, features=features, weights=weights, logits=logits, batch_stats=updated["batch_stats"]
+    )
+    return jnp.mean(weights * losses), aux
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -68,45 +91,36 @@ def train_step(
 
     The algorithm of docs/method.md §5: forward, example weights w_i from the adversary in the optimizer state (no
     gradient through them), gradient of (1/m) Σ w_i ℓ_i, then `tx.update` advances both the parameters and the
-    adversary with the same per-example losses, labels and features. Under the `input` example level all of it,
-    the metrics included, is taken at the worst-case images x' (`robust.worst_case_inputs`).
+    adversary with the same per-example losses, labels and features. Under the `input` example level the value,
+    gradient and per-example losses are those of `robust.input_level_value_and_grad` (the clean + robust mixture
+    ℓ̃ goes to the adversary); features and accuracy come from the clean pass (from the pass at x' when there is
+    none), and `input_perturbation_norm` logs the mean ‖x'_i − x_i‖ of the perturbed rows.
     """
     images, labels = normalise(batch["image"]), batch["label"]  # uint8 from the pipeline, float32 from here on.
 
-    if objective.input_gamma is not None:
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        images = robust.worst_case_inputs(
-            train_mode_losses(model, variables, labels),
-            images,
-            gamma=objective.input_gamma,
-            steps=objective.perturb_steps,
-        )
-
-    def loss_fn(params: Any) -> tuple[jax.Array, LossAux]:
-        (logits, features), updated = model.apply(
-            {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
-        )
-        losses = per_example_losses(params, logits, features, labels, objective)
-        if objective.reweights:
-            weights = robust.loss_weights(
-                state.opt_state,
-                labels,
-                per_example_loss=jax.lax.stop_gradient(losses),
-                features=jax.lax.stop_gradient(features),
-            )
-        else:
-            weights = jnp.ones_like(losses)
-        aux = LossAux(
-            per_example_loss=losses,
-            features=features,
+    if objective.input_level is not None:
+        weights = robust.loss_weights(state.opt_state, labels) if objective.reweights else jnp.ones(labels.shape)
+        (loss, input_aux), grads, batch_stats = input_level_value_and_grad(
+            objective.input_level,
+            model=model,
+            params=state.params,
+            batch_stats=state.batch_stats,
+            images=images,
+            labels=labels,
             weights=weights,
-            logits=logits,
-            batch_stats=updated["batch_stats"],
+            step=state.step,
+            concept_of_class=concept_of_class,
         )
-        return jnp.mean(weights * losses), aux
-
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    losses, features, weights = aux["per_example_loss"], aux["features"], aux["weights"]
+        output = input_aux.clean_output if input_aux.clean_output is not None else input_aux.robust_output
+        losses, features, logits = input_aux.mixed_losses, output["features"], output["logits"]
+        extra_metrics = {"input_perturbation_norm": jnp.mean(input_aux.perturbation_norms)}
+    else:
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state=state, images=images, labels=labels, model=model, objective=objective
+        )
+        losses, features, weights, logits = aux["per_example_loss"], aux["features"], aux["weights"], aux["logits"]
+        batch_stats = aux["batch_stats"]
+        extra_metrics = {}
     updates, opt_state = tx.update(
         grads,
         state.opt_state,
@@ -119,17 +133,18 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1,
         params=new_params,
-        batch_stats=aux["batch_stats"],
+        batch_stats=batch_stats,
         opt_state=opt_state,
     )
     metrics = {
         "loss": loss,
         "unweighted_loss": jnp.mean(losses),
-        "accuracy": jnp.mean((jnp.argmax(aux["logits"], -1) == labels).astype(jnp.float32)),
+        "accuracy": jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)),
         "learning_rate": learning_rate_fn(state.step),
         "grad_norm": optax.tree.norm(grads),
         "param_norm": optax.tree.norm(new_params),
         "worst_concept_loss": worst_concept_loss(losses, labels, concept_of_class),
+        **extra_metrics,
     }
     metrics["finite"] = jnp.isfinite(loss) & jnp.isfinite(metrics["grad_norm"]) & jnp.isfinite(metrics["param_norm"])
     if objective.reweights:

@@ -116,7 +116,7 @@ def test_the_step_takes_its_loss_and_batch_statistics_at_the_worst_case_images(m
         jax.debug.callback(lambda x: recorded.append(np.asarray(x)), images)
         return worst_case_inputs(per_example_loss_at, images, **kwargs)
 
-    monkeypatch.setattr(robust, "worst_case_inputs", recording)
+    monkeypatch.setattr(robust.input_level, "worst_case_inputs", recording)
     config = _input_config(robust__perturb_steps=2)
     run = build_run(config, devices=jax.devices()[:1])
     state = run.trainer.state

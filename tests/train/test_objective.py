@@ -82,10 +82,10 @@ def test_perturb_form_changes_the_loss_not_the_weights():
 def test_input_form_changes_the_loss_not_the_weights():
     for method in ("el", "hrrl"):
         objective, settings = settings_for(method=method, example_level="input", gamma=2.0, perturb_steps=3)
-        assert (objective.input_gamma, objective.perturb_gamma, objective.perturb_steps) == (2.0, None, 3)
+        assert (objective.input_level.gamma, objective.perturb_gamma, objective.input_level.steps) == (2.0, None, 3)
         assert settings.example_level == "none"
     objective, _ = settings_for(method="cl", example_level="input")  # No example level in cl.
-    assert objective.input_gamma is None
+    assert objective.input_level is None
 
 
 def test_unknown_method_is_a_clear_error():
