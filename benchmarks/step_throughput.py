@@ -4,6 +4,7 @@
         --precision bfloat16 --methods erm,el,cl,hrrl --json OUT.json
     python benchmarks/step_throughput.py --mode input --batch-size 256
     python benchmarks/step_throughput.py --mode input --input-dataset imagenet2012 --data-dir DIR --input-workers 0,1,2
+    python benchmarks/step_throughput.py --config configs/default.py --methods erm,config [--override KEY=VALUE ...]
 
 Step mode builds each method with `hrrl_jax.train.run.build_trainer` (the function the trainer uses), feeds
 one synthetic batch already on the devices, excludes compilation and warm-up, and reports the median over
@@ -13,13 +14,20 @@ that the trainer's ERM step is held against on the same device. Input mode times
 evaluation transforms on the host with 0, 1, 2, ... worker processes (Fashion-MNIST, or `--input-dataset
 imagenet2012 --data-dir DIR`, e.g. the JPEG fixture of benchmarks/imagenet_fixture.py, with the cost per image of
 each stage), to tell whether input or compute bounds a run and how many workers a host needs.
+
+With `--config FILE`, step mode times a config's own job: its model, batch, precision and data (one real training
+batch of it), `erm` (the config with `robust.method=erm`) against `config` (its own robust settings), in
+alternated windows (erm, config, erm, config, ...) so that drift of a shared machine hits both; the ratio is the
+median of the per-pair ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -36,10 +44,12 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base  # noqa: E402
+from hrrl_jax import schema  # noqa: E402
+from hrrl_jax.config_checks import validate_config  # noqa: E402
 from hrrl_jax.data import DatasetInfo, InputPipeline, image_ops, load_split, loaders, pil_images, tfds_sources  # noqa: E402
 from hrrl_jax.data.hierarchy import cifar100_hierarchy, fashion_mnist_hierarchy, imagenet_hierarchy  # noqa: E402
 from hrrl_jax.models import BATCH_NORM_VARIANCES, count_flops, create_model  # noqa: E402
-from hrrl_jax.train.run import build_trainer  # noqa: E402
+from hrrl_jax.train.run import build_run, build_trainer  # noqa: E402
 
 HIERARCHIES = {
     "imagenet2012": imagenet_hierarchy,
@@ -88,7 +98,91 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="Compile each step and report XLA's memory and bytes-accessed estimates without timing it.",
     )
     parser.add_argument("--json", default="", help="Also write the rows and the set-up to this JSON file.")
+    parser.add_argument("--config", default="", help="Step mode: time this config's job (methods erm,config).")
+    parser.add_argument(
+        "--override", action="append", default=[], help="With --config: KEY=VALUE, e.g. robust.input_fraction=0.25."
+    )
     return parser.parse_args(argv)
+
+
+def load_config(path: str, overrides: list[str]) -> Any:
+    """`get_config()` of the file at `path` with `KEY=VALUE` overrides (Python literals, else strings), validated."""
+    spec = importlib.util.spec_from_file_location("benchmarked_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for override in overrides:
+        key, _, text = override.partition("=")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        *sections, name = key.split(".")
+        node = config
+        for section in sections:
+            node = node[section]
+        node[name] = value
+    validate_config(config)
+    return config
+
+
+def time_config_pairs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`erm` and `config` rows for the job of `--config`, timed in alternated windows on one real batch."""
+    config = load_config(args.config, args.override)
+    erm_config = load_config(args.config, [*args.override, "robust.method='erm'"])
+    run = build_run(config)
+    batch = run.train_pipeline.global_batch(0)
+    steps = {}
+    for method, method_config in (("erm", erm_config), ("config", config)):
+        trainer = (
+            run.trainer
+            if method == "config"
+            else build_trainer(
+                durations_in_steps_like(run, method_config),
+                run.info,
+                run.concept_sizes,
+                total_steps=run.config.total_steps,
+            )
+        )
+        compiled = trainer.jitted_train_step.lower(trainer.state, batch).compile()
+        state = trainer.state
+        for _ in range(args.warmup_steps):
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready((state, metrics))
+        steps[method] = [compiled, state]
+    windows: dict[str, list[float]] = {"erm": [], "config": []}
+    for _ in range(args.windows):
+        for method in ("erm", "config"):
+            compiled, state = steps[method]
+            start = time.perf_counter()
+            for _ in range(args.steps_per_window):
+                state, metrics = compiled(state, batch)
+            jax.block_until_ready((state, metrics))
+            windows[method].append((time.perf_counter() - start) / args.steps_per_window)
+            steps[method][1] = state
+    ratios = [robust_time / erm_time for erm_time, robust_time in zip(windows["erm"], windows["config"], strict=True)]
+    rows = []
+    for method in ("erm", "config"):
+        step_seconds = statistics.median(windows[method])
+        rows.append(
+            {
+                "method": method,
+                "robust": (erm_config if method == "erm" else config).robust.to_dict(),
+                "step_ms": 1000 * step_seconds,
+                "step_ms_windows": [1000 * t for t in windows[method]],
+                "ms_per_image": 1000 * step_seconds / config.batch_size,
+                "images_per_second": config.batch_size / step_seconds,
+                "ratio_to_erm": statistics.median(ratios) if method == "config" else 1.0,
+                "pair_ratios": ratios if method == "config" else None,
+                "device_kind": jax.devices()[0].device_kind,
+            }
+        )
+    return rows
+
+
+def durations_in_steps_like(run: Any, config: Any) -> Any:
+    """`config` with its durations in steps, converted with the epoch size of `run`."""
+    return schema.durations_in_steps(config, run.train_pipeline.steps_per_epoch)
 
 
 def method_config(args: argparse.Namespace, method: str):
@@ -329,7 +423,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 cells.append("-")
             elif column in ("compiled_temp_bytes", "compiled_bytes_accessed", "peak_bytes_in_use"):
                 cells.append(f"{value / 2**20:.1f} MiB")
-            elif column in ("ratio_to_erm", "mfu", "ms_per_image"):
+            elif column in ("ratio_to_erm", "mfu", "ms_per_image", "step_ms"):
                 cells.append(f"{value:.3f}")
             elif isinstance(value, float):
                 cells.append(f"{value:,.1f}")
@@ -343,6 +437,8 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.mode == "input":
         rows = time_input(args)
+    elif args.config:
+        rows = time_config_pairs(args)
     else:
         info, concept_sizes = synthetic_setup(args)
         model_flops_per_step = 3 * args.batch_size * forward_flops_per_image(args, info)
