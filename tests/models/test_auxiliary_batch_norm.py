@@ -236,11 +236,11 @@ def test_gradients_of_the_auxiliary_pass_skip_the_main_batch_norm():
 
 
 def test_count_flops_counts_the_main_forward_pass_only():
-    shapes = _abstract_variables(_resnet18())
-    with_option = count_flops(_resnet18(), shapes, IMAGES_SHAPE)
-    without_option = count_flops(_resnet18(False), _without_auxiliary(shapes), IMAGES_SHAPE)
-    assert with_option > 1e5
-    assert with_option == without_option
+    shapes = _abstract_variables(_model())
+    with_option = count_flops(_model(), shapes, IMAGES_SHAPE)
+    without_option = count_flops(_model(False), _without_auxiliary(shapes), IMAGES_SHAPE)
+    assert with_option == without_option  # One forward pass, through the main set: nothing added.
+    assert with_option > 5e4  # XLA on CPU counts 7.0e4: about 4e4 multiply-adds of the convolutions and head.
 
 
 def test_configured_model_follows_the_input_batch_norm_key():
