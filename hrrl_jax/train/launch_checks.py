@@ -1,6 +1,7 @@
 """Checks of a launch against its work directory and data set description, made before anything is trained.
 
-Each raises a one-line UserError naming the key: a concept cost of the wrong shape (before any data is read), a
+Each raises a one-line UserError naming the key: a concept cost or per-concept γ of the wrong shape (before any
+data is read), a
 `total_steps` below the step already trained, or a changed `total_steps` that would make the learning-rate
 schedule jump at the resumed step.
 """
@@ -16,18 +17,20 @@ from hrrl_jax.config_checks import config_from_json
 from hrrl_jax.data import describe_dataset
 from hrrl_jax.errors import ConfigError
 from hrrl_jax.schema import durations_in_steps
-from hrrl_jax.train.objective import load_concept_cost
+from hrrl_jax.train.objective import input_level, load_concept_cost
 from hrrl_jax.train.optimizers import make_optimizer
 from hrrl_jax.workdir import WorkDir
 
 
 def check_before_data(config: ml_collections.ConfigDict) -> None:
-    """What can be checked from the data set's description alone: the concept cost's shape."""
+    """What can be checked from the data set's description alone: the concept cost's shape and the number of
+    `robust.input_gamma_by_concept` values."""
     dataset = config.dataset
     info = describe_dataset(
         dataset.name, exclude_classes=tuple(dataset.exclude_classes), only_classes=tuple(dataset.only_classes)
     )
     load_concept_cost(config.robust.cost, info.hierarchy.num_concepts)
+    input_level(config.robust, info.hierarchy.num_concepts, config.seed)
 
 
 def check_resumed_schedule(
