@@ -20,7 +20,7 @@ from hrrl_jax.train.metrics import MetricWriter, ProgressBar
 from hrrl_jax.train.preemption import StopRequest
 from hrrl_jax.train.run import build_run
 from hrrl_jax.train.state import TrainState, abstract_train_state
-from hrrl_jax.workdir import Checkpointer, WorkDir, WorkDirError, WorkDirLock
+from hrrl_jax.workdir import Checkpointer, WorkDir, WorkDirError, workdir_lock
 from hrrl_jax.workdir.layout import FINISHED, INTERRUPTED
 
 # Write failures of the storage, not of the code: a full disk or quota, a read-only or vanished mount.
@@ -49,7 +49,7 @@ def train_and_evaluate(
     directory = WorkDir(workdir)
     directory.prepare()
     check_before_data(config)
-    lock = WorkDirLock(directory.path) if jax.process_index() == 0 else None
+    lock = workdir_lock(directory.path) if jax.process_index() == 0 else None
     with StopRequest(interrupt_until_started=True) as stop:
         try:
             if lock is not None:
