@@ -50,14 +50,13 @@ from hrrl_jax.data import DatasetInfo, InputPipeline, image_ops, load_split, loa
 from hrrl_jax.data.hierarchy import cifar100_hierarchy, fashion_mnist_hierarchy, imagenet_hierarchy  # noqa: E402
 from hrrl_jax.models import BATCH_NORM_VARIANCES, count_flops, create_model  # noqa: E402
 from hrrl_jax.train.run import build_run, build_trainer  # noqa: E402
+from hrrl_jax.train.throughput import device_peak_flops  # noqa: E402  (the trainer's MFU uses the same table)
 
 HIERARCHIES = {
     "imagenet2012": imagenet_hierarchy,
     "cifar100": cifar100_hierarchy,
     "fashion_mnist": fashion_mnist_hierarchy,
 }
-# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets (SXM parts), for MFU.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5e": 197e12}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -213,13 +212,6 @@ def synthetic_setup(args: argparse.Namespace) -> tuple[DatasetInfo, np.ndarray]:
     )
     concept_sizes = np.bincount(hierarchy.concept_of_class, minlength=hierarchy.num_concepts) * 1000
     return info, concept_sizes
-
-
-def device_peak_flops(device_kind: str) -> float | None:
-    for name, flops in PEAK_BF16_FLOPS.items():
-        if name.lower() in device_kind.lower():
-            return flops
-    return None
 
 
 def forward_flops_per_image(args: argparse.Namespace, info: DatasetInfo) -> float:

@@ -195,6 +195,8 @@ RULES: dict[str, Check] = {
     "optimizer.step_boundaries": _step_boundaries,
     "optimizer.step_decay": _POSITIVE,
     "optimizer.grad_clip_norm": _optional(_POSITIVE),
+    "profile.start_step": _optional(_NON_NEGATIVE_INTEGER),
+    "profile.num_steps": _POSITIVE_INTEGER,
     "robust.method": _one_of(ROBUST_METHODS),
     "robust.divergence": _one_of(DIVERGENCES),
     "robust.lam": _POSITIVE_OR_INF,

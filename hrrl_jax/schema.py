@@ -188,6 +188,9 @@ def default_config() -> ml_collections.ConfigDict:
 
     config.optimizer = default_optimizer_config()
     config.robust = default_robust_config()
+    config.profile = ml_collections.ConfigDict()  # A jax.profiler trace (hrrl_jax/train/profiling.py).
+    config.profile.start_step = _unset()  # None: no trace; S: trace the steps S+1 .. S+num_steps (process 0).
+    config.profile.num_steps = 5
     return config
 
 

@@ -3,6 +3,8 @@
     python -m hrrl_jax.features --workdir W --dataset NAME --split SPLIT --out F.npz
     python -m hrrl_jax.features --workdir W --images IN.npz --out F.npz
 
+W, IN.npz and F.npz may be local paths or object store URLs (gs://...), read and written through etils.epath.
+
 Features are the input of the last linear layer (the z = g(x) of docs/method.md §1), computed in eval mode. A user's
 `images` (uint8 N x H x W x C, any size, 1 or 3 channels, optional `labels`) are converted to the source's
 channels, resized to its resolution and normalised with its statistics, exactly as the source data.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import io
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +39,7 @@ from hrrl_jax.data import (
 from hrrl_jax.errors import DataError, UserError
 from hrrl_jax.mesh import data_parallel_mesh
 from hrrl_jax.models import configured_model
-from hrrl_jax.workdir import Checkpointer, WorkDir
+from hrrl_jax.workdir import Checkpointer, WorkDir, storage
 
 
 @dataclasses.dataclass
@@ -166,10 +169,13 @@ def main(argv: list[str] | None = None) -> None:
 def _extract(args: argparse.Namespace) -> None:
     trained = load_trained_model(args.workdir)
     if args.images:
-        arrays = np.load(args.images)
-        split = split_from_images(trained, arrays["images"], arrays["labels"] if "labels" in arrays else None)
+        with storage.as_path(args.images).open("rb") as file:
+            arrays = dict(np.load(io.BytesIO(file.read())))
+        split = split_from_images(trained, arrays["images"], arrays.get("labels"))
     else:
         split = load_split(args.dataset, args.split, data_dir=args.data_dir)
     features, labels = extract_features(trained, split, batch_size=args.batch_size)
-    np.savez(args.out, features=features, labels=labels)
+    buffer = io.BytesIO()
+    np.savez(buffer, features=features, labels=labels)
+    storage.write_bytes(storage.as_path(args.out), buffer.getvalue())
     print(f"Wrote {features.shape[0]} x {features.shape[1]} features of {split.info.name} to {args.out}.")

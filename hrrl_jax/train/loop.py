@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import sys
-import time
 from typing import Any
 
 import jax
@@ -18,9 +17,11 @@ from hrrl_jax.train import evaluation
 from hrrl_jax.train.launch_checks import check_before_data, check_resumed_schedule
 from hrrl_jax.train.metrics import MetricWriter, ProgressBar
 from hrrl_jax.train.preemption import StopRequest
+from hrrl_jax.train.profiling import StepProfiler
 from hrrl_jax.train.run import build_run
 from hrrl_jax.train.state import TrainState, abstract_train_state
-from hrrl_jax.workdir import Checkpointer, WorkDir, WorkDirError, WorkDirLock
+from hrrl_jax.train.throughput import meter_for_run
+from hrrl_jax.workdir import Checkpointer, WorkDir, WorkDirError, workdir_lock
 from hrrl_jax.workdir.layout import FINISHED, INTERRUPTED
 
 # Write failures of the storage, not of the code: a full disk or quota, a read-only or vanished mount.
@@ -49,7 +50,7 @@ def train_and_evaluate(
     directory = WorkDir(workdir)
     directory.prepare()
     check_before_data(config)
-    lock = WorkDirLock(directory.path) if jax.process_index() == 0 else None
+    lock = workdir_lock(directory.path) if jax.process_index() == 0 else None
     with StopRequest(interrupt_until_started=True) as stop:
         try:
             if lock is not None:
@@ -73,6 +74,8 @@ def _train_and_evaluate_locked(
     iterator = None
     writer = None
     progress = None
+    meter = None
+    profiler = None
     try:
         start_step = 0
         restored = checkpointer.restore_latest(abstract_train_state(state))
@@ -103,8 +106,9 @@ def _train_and_evaluate_locked(
         if is_main_process:
             writer = MetricWriter(directory, vector_names={"concept_distribution": list(hierarchy.concept_names)})
         progress = ProgressBar(start_step=start_step, total_steps=total_steps, enabled=is_main_process)
+        meter = meter_for_run(run, state)
+        profiler = StepProfiler(config.profile, directory.profile, enabled=is_main_process, excluded=meter.excluded)
         window: list[dict[str, jax.Array]] = []
-        window_start = time.perf_counter()
         unchecked: tuple[int, dict[str, jax.Array]] | None = None
         last_summary: dict[str, np.ndarray] = {}
 
@@ -128,7 +132,9 @@ def _train_and_evaluate_locked(
             check_finite()
             if checkpointer.latest_step() == step:
                 return
-            checkpointer.save(step, state, {"step": step, "method": config.robust.method})
+            jax.block_until_ready(state)  # The steps queued before the save count as steps, the save does not.
+            with meter.excluded():
+                checkpointer.save(step, state, {"step": step, "method": config.robust.method})
 
         def interrupted(step: int, reason: str) -> dict[str, Any]:
             save(step)
@@ -141,30 +147,40 @@ def _train_and_evaluate_locked(
 
         iterator = train_pipeline.iterate(start_step, total_steps)  # The batches of steps start_step .. total - 1.
         for step in range(start_step + 1, total_steps + 1):
-            state, metrics = jitted_train_step(state, next(iterator))
+            batch = next(iterator)
+            with profiler.step(step):
+                if step == start_step + 1:  # Compiles: neither its time nor the step counts towards throughput.
+                    with meter.excluded():
+                        state, metrics = jax.block_until_ready(jitted_train_step(state, batch))
+                else:
+                    state, metrics = jitted_train_step(state, batch)
+                    meter.step_done()
             check_finite()  # The previous step's: one step of lag keeps the device busy.
             checkpointer.poll()  # A background save that failed stops training here.
             unchecked = (step, metrics)
             window.append(metrics)
             if step % config.log_every_steps == 0 or step == total_steps:
                 check_finite()
-                elapsed = time.perf_counter() - window_start
-                summary = _mean_metrics(window)
-                summary["steps_per_second"] = len(window) / max(elapsed, 1e-9)
-                record = writer.write(step, summary) if writer is not None else None
+                summary = _mean_metrics(window)  # Waits for the window's last step.
+                summary.update(meter.window())
+                with meter.excluded():
+                    record = writer.write(step, summary) if writer is not None else None
                 last_summary = summary
                 progress.update(len(window), record)
-                window, window_start = [], time.perf_counter()
+                window = []
             if durations.eval_every_steps > 0 and step % durations.eval_every_steps == 0 and step < total_steps:
-                eval_results = evaluation.evaluate(jitted_eval_step, state, eval_pipeline, hierarchy)
-                if writer is not None:
-                    writer.write(step, evaluation.scalar_summary(eval_results), prefix="eval")
+                jax.block_until_ready(state)
+                with meter.excluded():
+                    eval_results = evaluation.evaluate(jitted_eval_step, state, eval_pipeline, hierarchy)
+                    if writer is not None:
+                        writer.write(step, evaluation.scalar_summary(eval_results), prefix="eval")
             if step % durations.checkpoint_every_steps == 0 and step < total_steps:
                 save(step)
             stop_requested = stop.should_stop(step)
             if stop_requested or step == stop_at_step:
                 return interrupted(step, stop.reason if stop_requested else f"stop_at_step={step}")
         progress.close()
+        profiler.stop()  # A trace that runs past the last step ends with it.
         final_step = int(jax.device_get(state.step))
         save(final_step)  # Evaluation runs while it is written.
         # One process may stop its evaluation on its own signal; several must finish it together (it is collective).
@@ -192,6 +208,8 @@ def _train_and_evaluate_locked(
     finally:
         failing = sys.exc_info()[1] is not None  # Then a failure to close must not hide the first error.
         for close in (
+            profiler.stop if profiler is not None else None,
+            meter.close if meter is not None else None,
             iterator.close if iterator is not None else None,
             progress.close if progress is not None else None,
             writer.close if writer is not None else None,

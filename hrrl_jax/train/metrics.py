@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import io
+import os
+import time
 from typing import Any, Mapping
 
 import numpy as np
 import tqdm
-from tensorboardX import SummaryWriter
+from etils import epath
+from tensorboardX import SummaryWriter, record_writer
 
-from hrrl_jax.workdir.layout import WorkDir, metrics_filename
+from hrrl_jax.workdir import storage
+from hrrl_jax.workdir.layout import WorkDir
+from hrrl_jax.workdir.metric_log import MetricLog
 
 
 def to_python(value: Any) -> Any:
@@ -21,8 +26,9 @@ def to_python(value: Any) -> Any:
 
 
 class MetricWriter:
-    """Appends one JSON object per log step to `metrics.jsonl` (`<prefix>_metrics.jsonl` for other prefixes
-    than "train", e.g. eval) and mirrors the scalars to TensorBoard under `<prefix>/`.
+    """Writes one JSON object per log step to `metrics.jsonl` (`<prefix>_metrics.jsonl` for other prefixes
+    than "train", e.g. eval; in parts on an object store, `hrrl_jax.workdir.metric_log`) and mirrors the scalars to
+    TensorBoard under `<prefix>/`.
 
     Vector metrics (the concept distribution p) go to the JSON line as lists and to TensorBoard as one
     scalar per entry, named with `vector_names` where given (e.g. concept names).
@@ -30,14 +36,18 @@ class MetricWriter:
 
     def __init__(self, workdir: WorkDir, *, vector_names: Mapping[str, list[str]] | None = None):
         self._workdir = workdir
-        self._tensorboard = SummaryWriter(workdir.tensorboard)
+        self._logs: dict[str, MetricLog] = {}
+        if workdir.is_object_store:
+            record_writer.register_writer_factory(workdir.path.split("://", 1)[0], _ObjectEventFileFactory())
+        self._tensorboard = SummaryWriter(os.fspath(workdir.tensorboard))
         self._tensorboard.flush()  # The event file's header, now: nothing is left to fail at exit on a full disk.
         self._vector_names = dict(vector_names or {})
 
     def write(self, step: int, metrics: Mapping[str, Any], *, prefix: str = "train") -> dict[str, Any]:
         record = {"step": int(step), **{name: to_python(value) for name, value in metrics.items()}}
-        with open(self._workdir.file(metrics_filename(prefix)), "a") as file:
-            file.write(json.dumps(record) + "\n")
+        if prefix not in self._logs:
+            self._logs[prefix] = MetricLog(self._workdir.root, prefix)
+        self._logs[prefix].append(record)
         for name, value in record.items():
             if name == "step":
                 continue
@@ -52,6 +62,44 @@ class MetricWriter:
 
     def close(self) -> None:
         self._tensorboard.close()
+
+
+class _ObjectEventFile:
+    """A TensorBoard event file on an object store (which cannot append): the events are kept in memory and the
+    whole file is uploaded at most every `upload_interval_seconds` on a flush, and on close."""
+
+    def __init__(self, path: str, upload_interval_seconds: float = 30.0) -> None:
+        self._path = epath.Path(path)
+        self._buffer = io.BytesIO()
+        self._interval = upload_interval_seconds
+        self._uploaded_at: float | None = None
+        self._uploaded_size = 0
+
+    def write(self, data: bytes) -> None:
+        self._buffer.write(data)
+
+    def flush(self) -> None:
+        if self._uploaded_at is None or time.monotonic() - self._uploaded_at >= self._interval:
+            self._upload()
+
+    def _upload(self) -> None:
+        if self._uploaded_at is not None and self._buffer.tell() == self._uploaded_size:
+            return
+        storage.write_bytes(self._path, self._buffer.getvalue())
+        self._uploaded_at, self._uploaded_size = time.monotonic(), self._buffer.tell()
+
+    def close(self) -> None:
+        self._upload()
+
+
+class _ObjectEventFileFactory:
+    """tensorboardX's hook for event files at a URL: objects written through epath (`_ObjectEventFile`)."""
+
+    def open(self, path: str) -> _ObjectEventFile:
+        return _ObjectEventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        """An object store needs no folder before its objects."""
 
 
 class ProgressBar:

@@ -2,9 +2,16 @@
 
 A preemption signal reaches the hosts of a multi-host run at different moments. If each host stopped on its
 own flag, one could enter the checkpoint save while another entered the next step's all-reduce, and both
-would wait for ever. So the flag is only read at agreed steps, where the processes all-gather it: every
-process then sees the same answer and stops after the same step. A single process needs no agreement and
-checks after every step.
+would wait for ever. So every process must decide to stop after the same step:
+
+* SIGTERM, with more than one process: JAX's preemption service (on by default with `jax.distributed`) installs
+  its own SIGTERM handler, tells the other processes in the background and picks the step after the largest one
+  any process has reached; `multihost_utils.reached_preemption_sync_point(step)`, asked after every step, is true
+  at that step on every process. Its handler is never replaced here. Where the service is off
+  (`jax_enable_preemption_service=False`), SIGTERM is handled as SIGINT is.
+* SIGINT (and SIGTERM where JAX does not handle it), with more than one process: this module's handler sets a
+  flag, which the processes all-gather every AGREEMENT_INTERVAL_STEPS steps and stop on if any process has it.
+* One process: the handler catches both signals and the loop stops after the step in progress.
 
 The handler is installed for the whole launch, from before the data is read until the last file is written. Until
 `started()` (start-up: reading data, compiling, restoring) a signal interrupts at once with `RunInterrupted`, since
@@ -39,10 +46,16 @@ class RunInterrupted(BaseException):
         self.signal_name = signal_name
 
 
+def jax_handles_sigterm() -> bool:
+    """Whether JAX's preemption service owns SIGTERM: a multi-process run with the service on."""
+    return jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
+
+
 class StopRequest:
     """Turns SIGTERM/SIGINT into a request that `should_stop(step)` reports on every process alike.
 
-    With `interrupt_until_started`, a signal before `started()` raises RunInterrupted instead.
+    With `interrupt_until_started`, a signal before `started()` raises RunInterrupted instead (a SIGTERM that JAX
+    handles is acted on at the preemption sync point instead, once training runs).
     """
 
     def __init__(
@@ -52,6 +65,7 @@ class StopRequest:
         self._agreement_interval = agreement_interval
         self._previous: dict[int, Any] = {}
         self._interrupt = interrupt_until_started
+        self._preempted = False
 
     def started(self) -> None:
         """Ends start-up: from now on a signal only sets the flag (raises RunInterrupted if one already came)."""
@@ -60,7 +74,8 @@ class StopRequest:
             raise RunInterrupted(self.signal_name)
 
     def __enter__(self) -> StopRequest:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGINT,) if jax_handles_sigterm() else (signal.SIGTERM, signal.SIGINT)
+        for signum in signals:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -86,6 +101,9 @@ class StopRequest:
         """
         if jax.process_count() == 1:
             return self.signal_name is not None
+        if jax_handles_sigterm() and multihost_utils.reached_preemption_sync_point(step):
+            self._preempted = True
+            return True
         if step % self._agreement_interval:
             return False
         requested = multihost_utils.process_allgather(np.int32(self.signal_name is not None))
@@ -94,4 +112,6 @@ class StopRequest:
     @property
     def reason(self) -> str:
         """What asked this process to stop, for the console."""
+        if self._preempted:
+            return "A preemption notice (SIGTERM) reached the cluster"
         return f"{self.signal_name} received" if self.signal_name else "another process received a stop signal"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
-import glob
 import json
 import logging
 import os
@@ -24,10 +23,12 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 from hrrl_jax.errors import UserError
 from hrrl_jax.workdir import digest as digests
+from hrrl_jax.workdir import storage
 
 CORRUPT_CHECKPOINTS = "corrupt_checkpoints"
 
@@ -67,13 +68,13 @@ class Checkpointer:
 
     def __init__(
         self,
-        directory: str,
+        directory: str | os.PathLike,
         *,
         keep: int = 3,
         asynchronous: bool = True,
         report: Callable[[str], None] = lambda line: print(line, flush=True),
     ):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.as_path(directory)  # A local folder or an object store URL.
         self._report = report
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(keep),
@@ -93,8 +94,8 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def step_directory(self, step: int) -> str:
-        return os.path.join(self.directory, str(step))
+    def step_directory(self, step: int) -> epath.Path:
+        return self.directory / str(step)
 
     # Saving.
 
@@ -151,7 +152,7 @@ class Checkpointer:
     def _write_pending_digests(self) -> None:
         """Writes the digest of each pending save whose step directory exists (Orbax's atomic commit)."""
         for step, future in sorted(self._pending.items()):
-            if not os.path.isdir(self.step_directory(step)):
+            if not self.step_directory(step).is_dir():
                 raise self._save_failed(step, RuntimeError("the save ended without committing its step directory"))
             digests.write_digest(self.step_directory(step), jax.process_index(), future.result())
             del self._pending[step]
@@ -166,11 +167,10 @@ class Checkpointer:
         self._save_failed_once = True
         disk_full = isinstance(cause, OSError) and cause.errno == errno.ENOSPC
         if disk_full or "No space left on device" in str(cause):
-            free = shutil.disk_usage(self.directory).free if os.path.isdir(self.directory) else 0
-            message += (
-                f" A checkpoint needs about {self._bytes_per_save / 2**20:.1f} MiB per process; "
-                f"{free / 2**20:.1f} MiB are free."
-            )
+            message += f" A checkpoint needs about {self._bytes_per_save / 2**20:.1f} MiB per process"
+            if not storage.is_object_store(self.directory) and self.directory.is_dir():
+                message += f"; {shutil.disk_usage(self.directory).free / 2**20:.1f} MiB are free"
+            message += "."
         self._pending.clear()
         self._remove_temporary_folders()
         return CheckpointSaveError(
@@ -183,12 +183,15 @@ class Checkpointer:
         come back for that long (writes that Orbax's threads had already queued may recreate one)."""
         if jax.process_index() != 0:
             return
-        pattern = os.path.join(self.directory, "*.orbax-checkpoint-tmp*")
+        pattern = "*.orbax-checkpoint-tmp*"
         for _ in range(10):
-            for path in glob.glob(pattern):
-                shutil.rmtree(path, ignore_errors=True)
+            for path in self.directory.glob(pattern):
+                try:
+                    path.rmtree()
+                except OSError:
+                    pass  # Already gone (Orbax's own clean-up), or unreachable: a later save tries again.
             time.sleep(settle_seconds)
-            if not settle_seconds or not glob.glob(pattern):
+            if not settle_seconds or not list(self.directory.glob(pattern)):
                 return
 
     # Restoring.
@@ -231,8 +234,8 @@ class Checkpointer:
         return None
 
     @property
-    def quarantine_directory(self) -> str:
-        return os.path.join(os.path.dirname(self.directory), CORRUPT_CHECKPOINTS)
+    def quarantine_directory(self) -> epath.Path:
+        return self.directory.parent / CORRUPT_CHECKPOINTS
 
     def _saved_tree(self, step: int) -> Any:
         """The saved state's tree metadata (structure, shapes, dtypes); an _UnreadableTree if it cannot be read."""
@@ -261,7 +264,7 @@ class Checkpointer:
             return state, meta
         found = _checkpoint_digest(digests.local_shards(state), json.dumps(meta, sort_keys=True))
         if found != expected:
-            name = os.path.join(step_directory, digests.digest_filename(jax.process_index()))
+            name = step_directory / digests.digest_filename(jax.process_index())
             raise CorruptCheckpoint(
                 f"Checkpoint at step {step} is corrupt: its data does not match {name} "
                 f"(sha256 {found[:12]}... read, {expected[:12]}... saved); not used."
@@ -277,12 +280,12 @@ class Checkpointer:
     def _quarantine(self, steps: list[int]) -> None:
         """Moves rejected step directories aside (process 0), so that this run can save those steps again."""
         if jax.process_index() == 0:
-            os.makedirs(self.quarantine_directory, exist_ok=True)
+            self.quarantine_directory.mkdir(parents=True, exist_ok=True)
             for step in steps:
-                destination = os.path.join(self.quarantine_directory, str(step))
-                if os.path.exists(destination):
-                    destination += f".{time.strftime('%Y%m%dT%H%M%S')}"
-                shutil.move(self.step_directory(step), destination)
+                destination = self.quarantine_directory / str(step)
+                if destination.exists():
+                    destination = destination.parent / f"{step}.{time.strftime('%Y%m%dT%H%M%S')}"
+                self.step_directory(step).rename(destination)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("hrrl_jax quarantined corrupt checkpoints")
         self._manager.reload()

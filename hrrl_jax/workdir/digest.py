@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from hrrl_jax.workdir import storage
+
 DIGEST_ALGORITHM = "sha256"
 
 
@@ -70,24 +72,19 @@ def tree_digest(tree: Any) -> str:
     return digest_of_shards(local_shards(tree))
 
 
-def write_digest(step_directory: str, process_index: int, digest: str) -> None:
-    """Writes the digest file of `process_index` into a committed step directory (atomically: temp + rename)."""
-    path = os.path.join(step_directory, digest_filename(process_index))
-    temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        json.dump({"algorithm": DIGEST_ALGORITHM, "digest": digest}, file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+def write_digest(step_directory: str | os.PathLike, process_index: int, digest: str) -> None:
+    """Writes the digest file of `process_index` into a committed step directory, whole (`storage.write_text`)."""
+    path = storage.as_path(step_directory) / digest_filename(process_index)
+    storage.write_text(path, json.dumps({"algorithm": DIGEST_ALGORITHM, "digest": digest}))
 
 
-def read_digest(step_directory: str, process_index: int) -> str | None:
+def read_digest(step_directory: str | os.PathLike, process_index: int) -> str | None:
     """The saved digest of `process_index`, or None when the checkpoint has none (saved before digests existed)."""
-    path = os.path.join(step_directory, digest_filename(process_index))
-    if not os.path.exists(path):
+    path = storage.as_path(step_directory) / digest_filename(process_index)
+    text = storage.read_text_or_none(path)
+    if text is None:
         return None
-    with open(path) as file:
-        record = json.load(file)
+    record = json.loads(text)
     if record.get("algorithm") != DIGEST_ALGORITHM or not isinstance(record.get("digest"), str):
         raise ValueError(f"{path} is not a digest file of this version")
     return record["digest"]

@@ -34,9 +34,9 @@ from tests.train.helpers import tiny_config
 
 TOTAL_STEPS = 4
 INTERRUPT_AT_STEP = 2
-# The preemption test signals after 3 logged steps; the stop comes at the next agreed step (a multiple of
-# AGREEMENT_INTERVAL_STEPS = 10), measured: step 10 at about 1 s per step on 2 CPU cores. 40 leaves room for a
-# stop at 20 or 30 and keeps the interrupted, resumed and reference runs short.
+# The preemption test signals after 3 logged steps; the stop comes at JAX's preemption sync point, the step after
+# the furthest one a process has reached when the notice spreads (a step or two later at about 1 s per step on 2
+# CPU cores). 40 leaves room for a slow machine and keeps the interrupted, resumed and reference runs short.
 PREEMPTION_TOTAL_STEPS = 40
 
 

@@ -5,8 +5,9 @@ exchange data with gloo CPU collectives, load only their own rows of each batch 
 checkpoint collectively into a shared work directory. Their parameters, adversary state (the concept losses
 of the reweighting state inside opt_state) and checkpoint must match a single process with 8 devices.
 
-A preemption signal reaches one host of a real cluster first: SIGTERM to process 1 alone must stop both
-processes after the same agreed step with one checkpoint, and resuming from it must end bit-identical to an
+A preemption signal reaches one host of a real cluster first: SIGTERM to process 1 alone goes to JAX's
+preemption service (the package installs no SIGTERM handler of its own there), which must stop both processes
+after the same step, its sync point, with one checkpoint; resuming from it must end bit-identical to an
 uninterrupted two-process run.
 """
 
@@ -28,7 +29,6 @@ import numpy as np
 import pytest
 
 from hrrl_jax.train.loop import train_and_evaluate
-from hrrl_jax.train.preemption import AGREEMENT_INTERVAL_STEPS
 from hrrl_jax.train.run import build_run
 from hrrl_jax.train.state import abstract_train_state
 from tests.train.helpers import (
@@ -298,14 +298,14 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
     stop_step = interrupted[0]["step"]
     statuses = [(output["step"], output["status"]) for output in interrupted]
     assert statuses == [(stop_step, "interrupted")] * NUM_PROCESSES
-    assert stop_step % AGREEMENT_INTERVAL_STEPS == 0
     assert STEPS_LOGGED_BEFORE_SIGNAL < stop_step < PREEMPTION_TOTAL_STEPS
     assert sorted(os.listdir(workdir / "checkpoints")) == [str(stop_step)]
     assert _logged_steps(workdir) == list(range(1, stop_step + 1))
-    signalled_log, other_log = _read_log(interrupted_logs, 1), _read_log(interrupted_logs, 0)
-    assert f"SIGTERM received: saved a checkpoint at step {stop_step}; exiting." in signalled_log
-    assert f"another process received a stop signal: saved a checkpoint at step {stop_step}; exiting." in other_log
-    assert "SIGTERM received" not in other_log
+    for process_index in range(NUM_PROCESSES):  # JAX's handler took the signal: both learn it at the sync point.
+        assert (
+            f"A preemption notice (SIGTERM) reached the cluster: saved a checkpoint at step {stop_step}; exiting."
+            in _read_log(interrupted_logs, process_index)
+        )
 
     # The same command again resumes from the checkpoint and finishes the run.
     resumed_outputs, resumed_logs = _launch_directories(tmp_path, "resumed")
