@@ -45,10 +45,10 @@ def test_a_tie_goes_to_the_arm_listed_first():
 
 def test_a_combined_arm_takes_the_selected_values_in_order_and_its_own_on_top():
     selected = {
-        "cl": ResolvedArm("cl_a", "cl", {"lam": 1.0, "prior": "empirical", "step_offset": 300.0}, {}),
-        "el": ResolvedArm("el_b", "el", {"gamma": 0.1, "example_level": "input", "step_offset": 0.0}, {}),
+        "cl": ResolvedArm("cl_a", "cl", "cl", {"lam": 1.0, "prior": "empirical", "step_offset": 300.0}, {}),
+        "el": ResolvedArm("el_b", "el", "el", {"gamma": 0.1, "example_level": "input", "step_offset": 0.0}, {}),
     }
-    arm = Arm("hrrl_c", "hrrl", robust={"gamma": 0.5}, optimizer={"weight_decay": 1e-3}, combine=("cl", "el"))
+    arm = Arm("hrrl_c", "hrrl", "hrrl", robust={"gamma": 0.5}, optimizer={"weight_decay": 1e-3}, combine=("cl", "el"))
     resolved = resolve_arm(arm, selected, earlier=[])
     assert resolved.robust == {
         "lam": 1.0,
@@ -63,11 +63,11 @@ def test_a_combined_arm_takes_the_selected_values_in_order_and_its_own_on_top():
 
 
 def test_an_arm_equal_to_an_earlier_one_is_that_arm():
-    selected = {"cl": ResolvedArm("cl_a", "cl", {"lam": 1.0, "floor": 0.5}, {})}
-    first = resolve_arm(Arm("hrrl_1", "hrrl", {}, {}, ("cl",)), selected, earlier=[])
-    again = resolve_arm(Arm("hrrl_2", "hrrl", {"floor": 0.5}, {}, ("cl",)), selected, earlier=[first])
+    selected = {"cl": ResolvedArm("cl_a", "cl", "cl", {"lam": 1.0, "floor": 0.5}, {})}
+    first = resolve_arm(Arm("hrrl_1", "hrrl", "hrrl", {}, {}, ("cl",)), selected, earlier=[])
+    again = resolve_arm(Arm("hrrl_2", "hrrl", "hrrl", {"floor": 0.5}, {}, ("cl",)), selected, earlier=[first])
     assert again.same_as == "hrrl_1" and again.run_name == "hrrl_1"
-    other = resolve_arm(Arm("hrrl_3", "hrrl", {"floor": 0.2}, {}, ("cl",)), selected, earlier=[first, again])
+    other = resolve_arm(Arm("hrrl_3", "hrrl", "hrrl", {"floor": 0.2}, {}, ("cl",)), selected, earlier=[first, again])
     assert other.same_as is None
-    cl_twin = resolve_arm(Arm("cl_twin", "cl", {"lam": 1.0, "floor": 0.5}, {}, ()), {}, earlier=[first])
+    cl_twin = resolve_arm(Arm("cl_twin", "cl", "cl", {"lam": 1.0, "floor": 0.5}, {}, ()), {}, earlier=[first])
     assert cl_twin.same_as is None  # Another method: another configuration.
