@@ -302,8 +302,8 @@ def render_selection_log(log: Mapping[str, Any]) -> str:
 
 def _family_cell(entry: Mapping[str, Any]) -> str:
     """`control (el)`: the arm's family, with its method where that differs."""
-    method = entry.get("method", entry["family"])
-    return entry["family"] if method == entry["family"] else f"{entry['family']} ({method})"
+    family, method = entry["family"], entry["method"]
+    return family if method == family else f"{family} ({method})"
 
 
 def _validation_readouts(log: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -3,7 +3,14 @@
 import pytest
 
 from hrrl_jax.experiments.arms import Arm, ResolvedArm, resolve_arm
-from hrrl_jax.experiments.selection import Candidate, level_means, select, selection_score, top1_threshold
+from hrrl_jax.experiments.selection import (
+    Candidate,
+    level_means,
+    score_formula,
+    select,
+    selection_score,
+    top1_threshold,
+)
 
 TARGETS = {
     "shift/blur": {"probe": 0.80, "recall_at_1": 0.5},
@@ -71,3 +78,43 @@ def test_an_arm_equal_to_an_earlier_one_is_that_arm():
     assert other.same_as is None
     cl_twin = resolve_arm(Arm("cl_twin", "cl", "cl", {"lam": 1.0, "floor": 0.5}, {}, ()), {}, earlier=[first])
     assert cl_twin.same_as is None  # Another method: another configuration.
+
+
+def test_the_levels_and_worst_concept_score_is_the_mean_of_three_equal_terms():
+    names = ["shift/blur", "shift/noise", "held_out", "digits"]
+    # Example level (0.8 + 0.6) / 2 = 0.7, concept level (0.9 + 0.5) / 2 = 0.7, worst concept 0.4.
+    score = selection_score(TARGETS, names, "probe", score="levels_and_worst_concept", source_worst_concept=0.4)
+    assert score == pytest.approx((0.7 + 0.7 + 0.4) / 3)
+    assert selection_score(TARGETS, names, "probe", score="levels", source_worst_concept=0.4) == pytest.approx(0.7)
+    # Example 0.7, concept 0.9 (held_out alone), worst concept 0.2: not (0.7 + 0.9) / 2 nor 0.2 weighed by targets.
+    three = ["shift/blur", "shift/noise", "held_out"]
+    kwargs = dict(score="levels_and_worst_concept", source_worst_concept=0.2)
+    assert selection_score(TARGETS, three, "probe", **kwargs) == pytest.approx(0.6)
+    assert selection_score(TARGETS, ["digits"], "probe", **kwargs) == pytest.approx((0.5 + 0.2) / 2)
+    with pytest.raises(ValueError, match="needs the source-validation worst-concept accuracy"):
+        selection_score(TARGETS, names, "probe", score="levels_and_worst_concept")
+    with pytest.raises(ValueError, match="selection score 'worst' is not known"):
+        selection_score(TARGETS, names, "probe", score="worst")
+
+
+def test_the_score_formula_states_each_rule():
+    by_level = {"example": ["shift/blur"], "concept": ["held_out", "digits"]}
+    assert score_formula("levels", by_level, "probe") == (
+        "the mean over levels (example: shift/blur; concept: held_out, digits) of the mean validation `probe` of "
+        "the level's targets"
+    )
+    assert score_formula("levels_and_worst_concept", by_level, "probe") == (
+        "the mean of 3 equal terms, (example mean + concept mean + worst concept) / 3: each level's mean validation "
+        "`probe` over its targets (example: shift/blur; concept: held_out, digits) and the arm's source-validation "
+        "worst-concept accuracy"
+    )
+
+
+def test_an_arm_keeps_its_family_apart_from_its_method():
+    selected = {"el": ResolvedArm("el_b", "el", "el", {"example_level": "input", "gamma": 0.3}, {})}
+    control = Arm("control_random", "el", "control", {"input_direction": "random"}, {}, ("el",))
+    resolved = resolve_arm(control, selected, earlier=[selected["el"]])
+    assert (resolved.method, resolved.family, resolved.same_as) == ("el", "control", None)
+    assert resolved.robust == {"example_level": "input", "gamma": 0.3, "input_direction": "random"}
+    same = resolve_arm(Arm("control_same", "el", "control", {}, {}, ("el",)), selected, earlier=[selected["el"]])
+    assert same.same_as == "el_b"  # The same training configuration, whatever its family.
