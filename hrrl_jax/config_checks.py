@@ -16,6 +16,7 @@ import ml_collections
 
 from hrrl_jax.errors import ConfigError
 from hrrl_jax.schema import (
+    ARM_FAMILY_PATTERN,
     ARM_KEYS,
     ARM_NAME_PATTERN,
     BATCH_NORM_VARIANCES,
@@ -36,12 +37,15 @@ from hrrl_jax.schema import (
     OPTIMIZER_NAMES,
     PRECISION_NAMES,
     PRIORS,
+    REFERENCE_FAMILY,
     ROBUST_METHODS,
     SCHEDULE_NAMES,
     SELECTION_METRICS,
+    SELECTION_SCORES,
     SHIFT_MARKER,
     SPLIT_PATTERN,
     STEMS,
+    arm_family,
     default_compare_config,
     default_config,
     default_optimizer_config,
@@ -241,6 +245,7 @@ RULES: dict[str, Check] = {
     "compare.confirmation_seeds": _SEEDS,
     "compare.post_hoc_arms": _sequence_of(_text, "a tuple of arm names"),
     "compare.selection_metric": _one_of(SELECTION_METRICS),
+    "compare.selection_score": _one_of(SELECTION_SCORES),
     "compare.top1_tolerance": _IN_UNIT_INTERVAL,
     "compare.tie_tolerance": _IN_UNIT_INTERVAL,
     "compare.few_shot_targets": _sequence_of(_one_of(COMPARISON_TARGETS), f"a tuple of {COMPARISON_TARGETS}"),
@@ -316,11 +321,12 @@ def _check_section_values(path: str, values: Any, section: str, keys: list[str])
 
 
 def _check_arms(arms: tuple[Mapping[str, Any], ...]) -> None:
-    """`compare.arms`: unique names, a method each, robust and optimizer values, `combine` naming other families."""
+    """`compare.arms`: unique names, a method and a family each, robust and optimizer values, `combine` naming other
+    families."""
     robust_keys = [key for key in default_robust_config() if key != "method"]
     optimizer_keys = list(default_optimizer_config())
     names: list[str] = []
-    families = {arm.get("method") for arm in arms}
+    families = {family for arm in arms if "method" in arm and isinstance(family := arm_family(arm), str)}
     for index, arm in enumerate(arms):
         path = f"compare.arms[{index}]"
         unknown = sorted(set(arm) - set(ARM_KEYS))
@@ -337,26 +343,37 @@ def _check_arms(arms: tuple[Mapping[str, Any], ...]) -> None:
             )
         names.append(name)
         _check(f"{path}.method", arm["method"], _one_of(ROBUST_METHODS))
+        family = arm_family(arm)
+        if not isinstance(family, str) or not ARM_FAMILY_PATTERN.match(family):
+            raise ConfigError(
+                f"config.{path}.family={family!r}: must be a name of lower-case letters, digits and _ that starts "
+                "with a letter, e.g. 'control' (leave it out for the arm's method)."
+            )
+        if family == REFERENCE_FAMILY and arm["method"] != "erm":
+            raise ConfigError(
+                f"config.{path}.family={family!r}: the {REFERENCE_FAMILY} family is the top-1 reference and holds "
+                f"only arms of method 'erm', not {arm['method']!r}; give this arm another family."
+            )
         _check_section_values(f"{path}.robust", arm.get("robust", {}), "robust", robust_keys)
         _check_section_values(f"{path}.optimizer", arm.get("optimizer", {}), "optimizer", optimizer_keys)
         combine = arm.get("combine", ())
-        others = sorted(families - {arm["method"], "erm"})
+        others = sorted(families - {family, REFERENCE_FAMILY})
         if (
             not isinstance(combine, (tuple, list))
-            or any(family not in others for family in combine)
-            or (combine and arm["method"] == "erm")
+            or any(other not in others for other in combine)
+            or (combine and family == REFERENCE_FAMILY)
         ):
             raise ConfigError(
                 f"config.{path}.combine={combine!r}: must be a tuple of other families with arms, from {others} "
-                "(an erm arm combines none: its top-1 is the reference every selection needs)."
+                f"(an {REFERENCE_FAMILY} arm combines none: its top-1 is the reference every selection needs)."
             )
-    _check_acyclic({arm["method"]: set() for arm in arms}, arms)
+    _check_acyclic({arm_family(arm): set() for arm in arms}, arms)
 
 
 def _check_acyclic(depends_on: dict[str, set[str]], arms: tuple[Mapping[str, Any], ...]) -> None:
     """No family may wait, through `combine`, for its own selection."""
     for arm in arms:
-        depends_on[arm["method"]].update(arm.get("combine", ()))
+        depends_on[arm_family(arm)].update(arm.get("combine", ()))
     finished: set[str] = set()
     while len(finished) < len(depends_on):
         ready = [family for family, needs in depends_on.items() if family not in finished and needs <= finished]
@@ -376,8 +393,11 @@ def _check_protocol(config: ml_collections.ConfigDict) -> None:
             f"config.dataset.validation_fraction={config['dataset']['validation_fraction']!r}: the protocol selects "
             "on validation data; hold out a share of the training images, e.g. 0.1."
         )
-    if "erm" not in {arm["method"] for arm in compare["arms"]}:
-        raise ConfigError("config.compare.arms: needs an erm arm (its source-validation top-1 bounds every selection).")
+    if REFERENCE_FAMILY not in {arm_family(arm) for arm in compare["arms"]}:
+        raise ConfigError(
+            f"config.compare.arms: needs an erm arm of family {REFERENCE_FAMILY!r} (its source-validation top-1 "
+            "bounds every selection)."
+        )
     if not compare["targets"]:
         raise ConfigError("config.compare.targets=(): the selection score averages validation probes of the targets.")
     missing = [target for target in compare["few_shot_targets"] if target not in compare["targets"]]

@@ -45,10 +45,20 @@ HOLDOUT_SPLIT = "holdout"  # `dataset.test_split`: the training rows held out by
 OTHER_DATASET_TARGETS = ("digits", "cifar10")  # Comparison targets that are another data set, whole.
 COMPARISON_TARGETS = ("held_out", *OTHER_DATASET_TARGETS, *(f"shift/{shift}" for shift in KNOWN_SHIFTS))
 SELECTION_METRICS = ("probe", "recall_at_1")  # Validation measures the protocol's selection score may average.
-# An entry of `compare.arms`: its name (also its run directory), robust method (its family), `config.robust` and
-# `config.optimizer` values, and the families whose selected arms' robust values it starts from (in order).
-ARM_KEYS = ("name", "method", "robust", "optimizer", "combine")
+# How the protocol scores an arm on validation data (hrrl_jax.experiments.selection.selection_score says each).
+SELECTION_SCORES = ("levels", "levels_and_worst_concept")
+# An entry of `compare.arms`: its name (also its run directory), robust method, family (the arms one selection
+# chooses among; default: its method), `config.robust` and `config.optimizer` values, and the families whose
+# selected arms' robust values it starts from (in order).
+ARM_KEYS = ("name", "method", "family", "robust", "optimizer", "combine")
 ARM_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
+ARM_FAMILY_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+REFERENCE_FAMILY = "erm"  # Its arms (method erm) set the source top-1 that bounds every selection.
+
+
+def arm_family(arm: Any) -> str:
+    """The family of a `compare.arms` entry: its `family`, else its method."""
+    return arm.get("family", arm["method"])
 
 
 def _unset() -> config_dict.FieldReference:
@@ -130,13 +140,19 @@ def default_compare_config() -> ml_collections.ConfigDict:
     config.notes = ""
     # The selection protocol (hrrl_jax/experiments/protocol.py) runs instead of the comparison above when `arms` is
     # set; methods, seeds, overrides and the λ sweep are then unused.
-    config.arms = ()  # In order: {"name", "method", "robust": {...}, "optimizer": {...}, "combine": (families)}.
+    # In order: {"name", "method", "family" (optional; default: the method), "robust": {...}, "optimizer": {...},
+    # "combine": (families)}.
+    config.arms = ()
     config.selection_seeds = (0,)  # Every arm is trained on these and scored on validation data only.
     config.confirmation_seeds = (1, 2, 3, 4, 5)  # Each family's selected arm, evaluated once on the test splits.
     # Arms (names in `arms`) confirmed too although the rule did not select them, reported as `<name> (post hoc)`
     # beside the selected arms: information outside the pre-registered verdict.
     config.post_hoc_arms = ()
     config.selection_metric = "probe"  # SELECTION_METRICS: the validation measure the score averages.
+    # SELECTION_SCORES: levels (the mean over levels of each level's mean selection_metric) |
+    # levels_and_worst_concept (that of three equal terms: the two level means and the source-validation worst-concept
+    # accuracy).
+    config.selection_score = "levels"
     config.top1_tolerance = 0.01  # Selectable: source-validation top-1 >= the best ERM arm's minus this.
     config.tie_tolerance = 0.0005  # Scores this close to the best tie; the arm listed first wins.
     config.few_shot_targets = ("held_out", "digits")  # Targets (of `targets`) with few-shot probes.

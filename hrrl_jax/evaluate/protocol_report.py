@@ -131,16 +131,22 @@ def _difference_cell(method: Mapping | None, reference: Mapping | None) -> str:
 
 
 def comparisons(methods: Sequence[str], families: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
-    """(method, reference) pairs of the confirmation report: each vs erm*, vs group_dro*, and each HRRL arm − el*.
+    """(method, reference) pairs of the confirmation report, those whose labels are present: each vs erm*, each vs
+    group_dro*, each arm of the hrrl family − el* and − cl* (what combining the levels adds to each level alone),
+    and el* − control* (the selected example level against random perturbations of its strength).
 
-    `families` maps a label to its method family (default: the label without its `*`)."""
+    `families` maps a label to its family (default: the label without its `*`)."""
     families = families or {}
     pairs = []
     for reference in ("erm*", "group_dro*"):
         if reference in methods:
             pairs += [(method, reference) for method in methods if method not in (reference, "erm*")]
-    if "el*" in methods:
-        pairs += [(method, "el*") for method in methods if families.get(method, method.rstrip("*")) == "hrrl"]
+    hrrl = [method for method in methods if families.get(method, method.rstrip("*")) == "hrrl"]
+    for reference in ("el*", "cl*"):
+        if reference in methods:
+            pairs += [(method, reference) for method in hrrl]
+    if "el*" in methods and "control*" in methods:
+        pairs.append(("el*", "control*"))
     return pairs
 
 
@@ -225,13 +231,11 @@ def render_selection_log(log: Mapping[str, Any]) -> str:
     targets = [target for level_targets in rule["targets_by_level"].values() for target in level_targets]
     levels = list(rule["targets_by_level"])
     metric = rule["metric"]
-    levels_text = "; ".join(f"{level}: {', '.join(names)}" for level, names in rule["targets_by_level"].items())
     lines = [
         "# Selection on validation data",
         "",
-        f"Seeds {list(rule['selection_seeds'])}; no test split was read. Score: the mean over levels "
-        f"({levels_text}) of "
-        f"the mean validation `{metric}` of the level's targets. Selectable: source-validation top-1 ≥ "
+        f"Seeds {list(rule['selection_seeds'])}; no test split was read. Score: {rule['score_formula']}. "
+        "Selectable: source-validation top-1 ≥ "
         f"{100 * rule['threshold']:.2f} (the best ERM arm, {rule['reference_arm']}, "
         f"{100 * rule['reference_top1']:.2f}, minus {100 * rule['top1_tolerance']:.2f} points). Ties within "
         f"{100 * rule['tie_tolerance']:.2f} points go to the arm listed first. Accuracies in percent.",
@@ -255,12 +259,12 @@ def render_selection_log(log: Mapping[str, Any]) -> str:
     for entry in log["arms"]:
         if entry["status"] != "trained":
             note = entry["status"]
-            rows.append([entry["name"], entry["family"], entry["settings"], note, *["–"] * (len(header) - 4)])
+            rows.append([entry["name"], _family_cell(entry), entry["settings"], note, *["–"] * (len(header) - 4)])
             continue
         rows.append(
             [
                 entry["name"],
-                entry["family"],
+                _family_cell(entry),
                 entry["settings"],
                 f"{100 * entry['source_top1']:.2f}",
                 f"{100 * entry['source_worst_concept']:.2f}",
@@ -294,6 +298,12 @@ def render_selection_log(log: Mapping[str, Any]) -> str:
             *markdown_table(["arm", *names], rows),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _family_cell(entry: Mapping[str, Any]) -> str:
+    """`control (el)`: the arm's family, with its method where that differs."""
+    family, method = entry["family"], entry["method"]
+    return family if method == family else f"{family} ({method})"
 
 
 def _validation_readouts(log: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:

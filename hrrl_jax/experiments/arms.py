@@ -1,10 +1,11 @@
-"""The protocol's arms: named settings of a method (its family), resolved into the config of one training run.
+"""The protocol's arms: named settings of a method, in a family, resolved into the config of one training run.
 
 An arm (`compare.arms`, keys in hrrl_jax.schema.ARM_KEYS) sets a method and some `config.robust` and
-`config.optimizer` values. An arm with `combine = (f1, f2, ...)` starts from the robust values of the arms selected
-for those families, in that order, and sets its own on top: e.g. HRRL from the selected CL arm's concept level and
-the selected EL arm's example level. An arm whose resolved settings equal an earlier arm's is that configuration:
-it is trained once, under the earlier name, and counted once.
+`config.optimizer` values. Its family (by default its method) is the group one selection chooses among, e.g. a
+random-perturbation control of family `control` that trains as `el`. An arm with `combine = (f1, f2, ...)` starts
+from the robust values of the arms selected for those families, in that order, and sets its own on top: e.g. HRRL
+from the selected CL arm's concept level and the selected EL arm's example level. An arm whose resolved settings
+equal an earlier arm's is that configuration: it is trained once, under the earlier name, and counted once.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from typing import Any
 import ml_collections
 
 from hrrl_jax.experiments.compare import run_config
+from hrrl_jax.schema import arm_family
 
 
 @dataclasses.dataclass(frozen=True)
 class Arm:
-    """An arm as the config gives it: name, family (its robust method), own values, families it combines."""
+    """An arm as the config gives it: name, robust method, family, own values, families it combines."""
 
     name: str
     method: str
+    family: str
     robust: Mapping[str, Any]
     optimizer: Mapping[str, Any]
     combine: tuple[str, ...]
@@ -36,6 +39,7 @@ class ResolvedArm:
 
     name: str
     method: str
+    family: str
     robust: dict[str, Any]
     optimizer: dict[str, Any]
     combine: tuple[str, ...] = ()
@@ -66,6 +70,7 @@ def arms_from_config(arms: Sequence[Mapping[str, Any]]) -> list[Arm]:
         Arm(
             name=arm["name"],
             method=arm["method"],
+            family=arm_family(arm),
             robust=dict(arm.get("robust", {})),
             optimizer=dict(arm.get("optimizer", {})),
             combine=tuple(arm.get("combine", ())),
@@ -84,7 +89,7 @@ def resolve_arm(arm: Arm, selected: Mapping[str, ResolvedArm], earlier: Sequence
     for family in arm.combine:
         robust.update(selected[family].robust)
     robust.update(arm.robust)
-    resolved = ResolvedArm(arm.name, arm.method, robust, dict(arm.optimizer), arm.combine)
+    resolved = ResolvedArm(arm.name, arm.method, arm.family, robust, dict(arm.optimizer), arm.combine)
     for other in earlier:
         if other.same_as is None and other.settings_key() == resolved.settings_key():
             return dataclasses.replace(resolved, same_as=other.name)

@@ -6,12 +6,14 @@ Selection (`run_selection`): every arm of `compare.arms` trains on each of `comp
 validation rows held out (`dataset.validation_fraction`), is evaluated on them, and its frozen features are scored
 on each target's validation rows (hrrl_jax.experiments.protocol_targets); no test split is read. The rule of
 hrrl_jax.experiments.selection picks one arm per family (arms that combine other families' selections are resolved
-once those are chosen). Writes WORKDIR/selection.json (every arm, every run's figures) and selection.md.
+once those are chosen; an arm's family, by default its method, may be another, e.g. a control that trains as `el`
+after the el family's selection). Writes WORKDIR/selection.json (every arm, every run's figures) and selection.md.
 
-Confirmation (`run_confirmation`): each family's selected arm trains on `compare.confirmation_seeds`, and it and its
-features are evaluated once on the test splits. Writes WORKDIR/confirmation.json, confirmation.md (per measure,
-mean ± std over seeds and the paired differences vs erm*, vs group_dro* and hrrl* − el* with 95 % t-intervals)
-and the plots: per-concept accuracy, p over training, few-shot curves, transfer accuracy.
+Confirmation (`run_confirmation`): each family's selected arm (`<family>*`, families in the order they first appear
+in `compare.arms`) trains on `compare.confirmation_seeds`, and it and its features are evaluated once on the test
+splits. Writes WORKDIR/confirmation.json, confirmation.md (per measure, mean ± std over seeds and the paired
+differences of hrrl_jax.evaluate.protocol_report.comparisons with 95 % t-intervals) and the plots: per-concept
+accuracy, p over training, few-shot curves, transfer accuracy.
 
 Runs live in WORKDIR/runs/<arm>/seed<k> and are reused once finished; a finished run of other settings under that
 name is an error, not reused. A run's target figures are kept in its <phase>_targets.json with the settings that
@@ -53,11 +55,12 @@ from hrrl_jax.experiments.selection import (
     Candidate,
     is_selectable,
     level_means,
+    score_formula,
     select,
     selection_score,
     top1_threshold,
 )
-from hrrl_jax.schema import HOLDOUT_SPLIT, ROBUST_METHODS
+from hrrl_jax.schema import HOLDOUT_SPLIT, REFERENCE_FAMILY
 from hrrl_jax.workdir import WorkDir
 from hrrl_jax.workdir.layout import config_changes
 
@@ -68,8 +71,8 @@ _MEASUREMENT_KEYS += ("draw_seed", "probe_train_examples")
 
 @dataclasses.dataclass
 class Selection:
-    """The selection's outcome: the log written to selection.json, each family's selected arm and every trained
-    arm by name."""
+    """The selection's outcome: the log written to selection.json (its `families` in the order they first appear in
+    `compare.arms`), each family's selected arm and every trained arm by name."""
 
     log: dict[str, Any]
     selected: dict[str, ResolvedArm]
@@ -169,7 +172,8 @@ def _arm_entry(arm: ResolvedArm | Arm, status: str) -> dict[str, Any]:
     resolved = arm if isinstance(arm, ResolvedArm) else None
     return {
         "name": arm.name,
-        "family": arm.method,
+        "method": arm.method,
+        "family": arm.family,
         "combine": list(arm.combine),
         "robust": dict(arm.robust),
         "optimizer": dict(arm.optimizer),
@@ -202,7 +206,18 @@ def _scored_entry(arm: ResolvedArm, records: list[dict[str, Any]], config: ml_co
             level: mean([level_means(r["targets"], targets, compare.selection_metric)[level] for r in records])
             for level in level_means(records[0]["targets"], targets, compare.selection_metric)
         },
-        "score": mean([selection_score(r["targets"], targets, compare.selection_metric) for r in records]),
+        "score": mean(
+            [
+                selection_score(
+                    r["targets"],
+                    targets,
+                    compare.selection_metric,
+                    score=compare.selection_score,
+                    source_worst_concept=r["source"]["worst_concept_accuracy"],
+                )
+                for r in records
+            ]
+        ),
         "records": records,
     }
 
@@ -213,7 +228,7 @@ def run_selection(config: ml_collections.ConfigDict, workdir: str) -> Selection:
     os.makedirs(workdir, exist_ok=True)
     targets = phase_targets(config, SELECTION)
     arms = arms_from_config(compare.arms)
-    families = list(dict.fromkeys(arm.method for arm in arms))
+    families = list(dict.fromkeys(arm.family for arm in arms))
     entries: dict[str, dict[str, Any]] = {}
     resolved: list[ResolvedArm] = []
     selected: dict[str, ResolvedArm] = {}
@@ -241,11 +256,11 @@ def run_selection(config: ml_collections.ConfigDict, workdir: str) -> Selection:
             entries[arm.name] = _scored_entry(resolution, records, config)
         pending = [arm for arm in pending if arm not in ready]
         if threshold is None:
-            erm = [entry for entry in entries.values() if entry["family"] == "erm" and entry["status"] == "trained"]
+            erm = [e for e in entries.values() if e["family"] == REFERENCE_FAMILY and e["status"] == "trained"]
             reference = max(erm, key=lambda entry: entry["source_top1"])
             threshold = top1_threshold([entry["source_top1"] for entry in erm], compare.top1_tolerance)
         for family in families:
-            if family in family_log or any(arm.method == family for arm in pending):
+            if family in family_log or any(arm.family == family for arm in pending):
                 continue
             trained = [e for e in entries.values() if e["family"] == family and e["status"] == "trained"]
             candidates = [Candidate(e["name"], e["score"], e["source_top1"]) for e in trained]
@@ -261,15 +276,18 @@ def run_selection(config: ml_collections.ConfigDict, workdir: str) -> Selection:
                 "settings": entries[choice]["settings"] if choice else None,
                 "score": entries[choice]["score"] if choice else None,
             }
+    targets_by_level = {
+        level: [t for t in compare.targets if target_level(t) == level]
+        for level in ("example", "concept")
+        if any(target_level(t) == level for t in compare.targets)
+    }
     log = {
         "rule": {
             "selection_seeds": list(compare.selection_seeds),
             "metric": compare.selection_metric,
-            "targets_by_level": {
-                level: [t for t in compare.targets if target_level(t) == level]
-                for level in ("example", "concept")
-                if any(target_level(t) == level for t in compare.targets)
-            },
+            "targets_by_level": targets_by_level,
+            "score": compare.selection_score,
+            "score_formula": score_formula(compare.selection_score, targets_by_level, compare.selection_metric),
             "top1_tolerance": compare.top1_tolerance,
             "tie_tolerance": compare.tie_tolerance,
             "reference_arm": reference["name"],
@@ -324,10 +342,10 @@ def run_confirmation(config: ml_collections.ConfigDict, workdir: str, selection:
     targets = phase_targets(config, CONFIRMATION)
     arms = [
         (confirmation_label(family), family, selection.selected[family])
-        for family in ROBUST_METHODS
+        for family in selection.log["families"]
         if family in selection.selected
     ]
-    post_hoc = [(post_hoc_label(arm.name), arm.method, arm) for arm in post_hoc_arms(config, selection)]
+    post_hoc = [(post_hoc_label(arm.name), arm.family, arm) for arm in post_hoc_arms(config, selection)]
     arms += post_hoc
     records = []
     for label, _, arm in arms:

@@ -1,11 +1,13 @@
 """The protocol's selection rule, fixed before any run: a validation score under a source-accuracy constraint.
 
-Score of an arm on one seed: the mean over levels (example level: the shifted source classes; concept level: new
-classes and data sets) of the mean `compare.selection_metric` over that level's targets, on validation data; over
-several selection seeds, the mean of the per-seed scores. An arm is selectable when its source-validation top-1
-(mean over the selection seeds) is at least the best ERM arm's minus `compare.top1_tolerance`. In each family the
-selectable arm of the highest score is selected; scores within `compare.tie_tolerance` of the highest tie, and the
-tie goes to the arm listed first. A family without a selectable arm has no selection (and is not confirmed).
+Score of an arm on one seed (`compare.selection_score`, `selection_score` gives each): by default the mean over
+levels (example level: the shifted source classes; concept level: new classes and data sets) of the mean
+`compare.selection_metric` over that level's targets, on validation data; or the mean of those level means and the
+arm's source-validation worst-concept accuracy, three equal terms. Over several selection seeds, the mean of the
+per-seed scores. An arm is selectable when its source-validation top-1 (mean over the selection seeds) is at least the
+best ERM arm's minus `compare.top1_tolerance`. In each family the selectable arm of the highest score is selected;
+scores within `compare.tie_tolerance` of the highest tie, and the tie goes to the arm listed first. A family without a
+selectable arm has no selection (and is not confirmed).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from hrrl_jax.evaluate.protocol_report import target_level
+from hrrl_jax.schema import SELECTION_SCORES
 
 # Comparisons of accuracies allow this much float rounding (an accuracy is a count over thousands of examples).
 _ROUNDING = 1e-9
@@ -39,11 +42,52 @@ def level_means(targets: Mapping[str, Mapping[str, Any]], target_names: Sequence
     return {level: float(np.mean(values)) for level, values in by_level.items() if values}
 
 
-def selection_score(targets: Mapping[str, Mapping[str, Any]], target_names: Sequence[str], metric: str) -> float:
-    """The mean over levels of the level means of `metric` (one seed's validation results)."""
+def selection_score(
+    targets: Mapping[str, Mapping[str, Any]],
+    target_names: Sequence[str],
+    metric: str,
+    *,
+    score: str = "levels",
+    source_worst_concept: float | None = None,
+) -> float:
+    """One seed's validation score of an arm under the rule `score` (one of hrrl_jax.schema.SELECTION_SCORES).
+
+    With m_example and m_concept the means of `metric` over the example-level and concept-level targets:
+
+      levels:                    (m_example + m_concept) / 2
+      levels_and_worst_concept:  (m_example + m_concept + w) / 3, w the source-validation worst-concept accuracy
+
+    A level without targets drops out (its term is not counted): `levels` is then the one level mean, and
+    `levels_and_worst_concept` (m + w) / 2.
+
+    Raises:
+      ValueError: no target, an unknown rule, or `levels_and_worst_concept` without `source_worst_concept`.
+    """
     if not target_names:
         raise ValueError("the selection score needs at least one target.")
-    return float(np.mean(list(level_means(targets, target_names, metric).values())))
+    terms = list(level_means(targets, target_names, metric).values())
+    if score == "levels_and_worst_concept":
+        if source_worst_concept is None:
+            raise ValueError("the levels_and_worst_concept score needs the source-validation worst-concept accuracy.")
+        terms.append(float(source_worst_concept))
+    elif score != "levels":
+        raise ValueError(f"selection score {score!r} is not known; choose one of {SELECTION_SCORES}.")
+    return float(np.mean(terms))
+
+
+def score_formula(score: str, targets_by_level: Mapping[str, Sequence[str]], metric: str) -> str:
+    """The rule `score` in words, as selection.json records it and selection.md states it."""
+    levels_text = "; ".join(f"{level}: {', '.join(names)}" for level, names in targets_by_level.items())
+    if score == "levels":
+        return f"the mean over levels ({levels_text}) of the mean validation `{metric}` of the level's targets"
+    if score == "levels_and_worst_concept":
+        level_terms = " + ".join(f"{level} mean" for level in targets_by_level)
+        return (
+            f"the mean of {len(targets_by_level) + 1} equal terms, ({level_terms} + worst concept) / "
+            f"{len(targets_by_level) + 1}: each level's mean validation `{metric}` over its targets ({levels_text}) "
+            "and the arm's source-validation worst-concept accuracy"
+        )
+    raise ValueError(f"selection score {score!r} is not known; choose one of {SELECTION_SCORES}.")
 
 
 def top1_threshold(erm_top1: Sequence[float], tolerance: float) -> float:

@@ -105,3 +105,31 @@ def test_difference_of_unpaired_seeds_has_no_interval():
         ("cl_b (post hoc)", "erm*"),
         ("hrrl_b (post hoc)", "el*"),
     ]
+
+
+def test_comparisons_add_each_hrrl_arm_minus_cl_and_el_minus_the_control():
+    methods = ["erm*", "el*", "control*", "cl*", "hrrl*", "hrrl_b (post hoc)"]
+    families = {"hrrl_b (post hoc)": "hrrl"}
+    assert protocol_report.comparisons(methods, families) == [
+        ("el*", "erm*"),
+        ("control*", "erm*"),
+        ("cl*", "erm*"),
+        ("hrrl*", "erm*"),
+        ("hrrl_b (post hoc)", "erm*"),
+        ("hrrl*", "el*"),
+        ("hrrl_b (post hoc)", "el*"),
+        ("hrrl*", "cl*"),
+        ("hrrl_b (post hoc)", "cl*"),
+        ("el*", "control*"),
+    ]
+    # Each pair needs both labels: no el* − control* without control*, nor with the control confirmed post hoc only.
+    assert protocol_report.comparisons(["erm*", "cl*", "hrrl*"]) == [
+        ("cl*", "erm*"),
+        ("hrrl*", "erm*"),
+        ("hrrl*", "cl*"),
+    ]
+    post_hoc_control = ["erm*", "el*", "control_random (post hoc)"]
+    assert protocol_report.comparisons(post_hoc_control, {"control_random (post hoc)": "control"}) == [
+        ("el*", "erm*"),
+        ("control_random (post hoc)", "erm*"),
+    ]

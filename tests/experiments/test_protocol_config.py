@@ -2,15 +2,23 @@
 
 import pytest
 
+from configs import protocol_fashion_mnist
 from hrrl_jax import schema
 from hrrl_jax.config_checks import validate_config
 from hrrl_jax.errors import ConfigError
+from hrrl_jax.experiments.arms import arms_from_config
 
+RANDOM = {"input_direction": "random"}
 GOOD_ARMS = (
     {"name": "erm", "method": "erm", "optimizer": {"weight_decay": 1e-3}},
     {"name": "cl", "method": "cl", "robust": {"lam": 1.0, "prior": "empirical"}},
     {"name": "hrrl", "method": "hrrl", "combine": ("cl",)},
 )
+
+
+EL = {"name": "el", "method": "el", "robust": {"example_level": "input", "gamma": 1.0}}
+# The random-perturbation control at the selected EL arm's strength: trains as el, selected in a family of its own.
+CONTROL = {"name": "control", "method": "el", "family": "control", "combine": ("el",), "robust": RANDOM}
 
 
 def protocol_config(arms=GOOD_ARMS, **compare):
@@ -52,6 +60,26 @@ def test_a_good_protocol_config_passes():
             r"^config.compare.arms: families \['cl', 'hrrl'\] combine each other's selections in a cycle",
         ),
         (GOOD_ARMS[1:2], r"^config.compare.arms: needs an erm arm"),
+        (GOOD_ARMS[1:2] + ({"name": "e", "method": "erm", "family": "plain"},), r"arms: needs an erm arm of family"),
+        (GOOD_ARMS + (CONTROL | {"family": "Control"},), r"^config.compare.arms\[3\].family='Control': must be a name"),
+        (GOOD_ARMS + (CONTROL | {"family": "2nd"},), r"^config.compare.arms\[3\].family='2nd'"),
+        (GOOD_ARMS + (CONTROL | {"family": ("c",)},), r"^config.compare.arms\[3\].family=\('c',\)"),
+        (
+            GOOD_ARMS + (CONTROL | {"family": "erm"},),
+            r"^config.compare.arms\[3\].family='erm': the erm family is the top-1 reference and holds only arms of "
+            r"method 'erm', not 'el'; give this arm another family\.$",
+        ),
+        (GOOD_ARMS + (CONTROL | {"combine": ("control",)},), r"arms\[3\].combine=\('control',\): must be a tuple"),
+        (GOOD_ARMS + (CONTROL | {"combine": ("el",)},), r"arms\[3\].combine=\('el',\).*from \['cl', 'hrrl'\]"),
+        (
+            (GOOD_ARMS[0], {"name": "e2", "method": "erm", "family": "erm", "combine": ("cl",)}, GOOD_ARMS[1]),
+            r"arms\[1\].combine=.*an erm arm combines none",
+        ),
+        (
+            (GOOD_ARMS[0], EL, {"name": "c", "method": "el", "family": "control", "combine": ("hrrl",)})
+            + ({"name": "h", "method": "hrrl", "combine": ("control",)},),
+            r"^config.compare.arms: families \['control', 'hrrl'\] combine each other's selections in a cycle",
+        ),
     ],
 )
 def test_bad_arms_are_named(arms, message):
@@ -86,3 +114,36 @@ def test_without_arms_the_protocol_keys_constrain_nothing():
     config.dataset.validation_fraction = 0.0
     config.compare.targets = ()
     validate_config(config)
+
+
+def test_families_default_to_the_method_and_combine_names_families():
+    arms = (*GOOD_ARMS, EL, CONTROL, {"name": "hrrl_ctl", "method": "hrrl", "combine": ("cl", "control")})
+    validate_config(protocol_config(arms))
+    resolved = arms_from_config(arms)
+    assert [(arm.method, arm.family) for arm in resolved] == [
+        ("erm", "erm"),
+        ("cl", "cl"),
+        ("hrrl", "hrrl"),
+        ("el", "el"),
+        ("el", "control"),
+        ("hrrl", "hrrl"),
+    ]
+    assert resolved[4].combine == ("el",) and resolved[4].robust == RANDOM
+    explicit = ({"name": "erm", "method": "erm", "family": "erm"}, {"name": "cl", "method": "cl", "family": "cl"})
+    validate_config(protocol_config(explicit))
+
+
+def test_the_selection_score_is_one_of_the_rules():
+    validate_config(protocol_config(selection_score="levels_and_worst_concept"))
+    with pytest.raises(ConfigError, match=r"^config.compare.selection_score='worst': must be one of \('levels', "):
+        validate_config(protocol_config(selection_score="worst"))
+
+
+def test_the_v2_config_still_validates_with_its_methods_as_families():
+    config = protocol_fashion_mnist.get_config()
+    validate_config(config)
+    assert config.compare.selection_score == "levels"
+    arms = arms_from_config(config.compare.arms)
+    assert all(arm.family == arm.method for arm in arms)
+    assert list(dict.fromkeys(arm.family for arm in arms)) == ["erm", "el", "cl", "hrrl", "group_dro"]
+    assert [arm.combine for arm in arms if arm.family == "hrrl"] == [("cl", "el")] * 2

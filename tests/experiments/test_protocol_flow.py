@@ -27,9 +27,9 @@ QUALITY = {
 ARMS = (
     {"name": "erm_a", "method": "erm"},
     {"name": "erm_b", "method": "erm", "optimizer": {"weight_decay": 1e-3}},
+    {"name": "el_z", "method": "el", "robust": {"gamma": 1.0}},
     {"name": "cl_x", "method": "cl", "robust": {"lam": 0.3}},
     {"name": "cl_y", "method": "cl", "robust": {"lam": 1.0, "step_offset": 300.0}},
-    {"name": "el_z", "method": "el", "robust": {"gamma": 1.0}},
     {"name": "hrrl_sel", "method": "hrrl", "combine": ("cl", "el")},
     {"name": "hrrl_dup", "method": "hrrl", "robust": {"step_offset": 300.0}, "combine": ("cl", "el")},
 )
@@ -93,7 +93,7 @@ def test_selection_rounds_constraint_equal_arms_and_confirmation(tmp_path, monke
     records = protocol.run_protocol(config, str(tmp_path))
 
     selection_calls = [call for call in calls if call[0] == "selection"]
-    assert [call[1] for call in selection_calls] == ["erm_a", "erm_b", "cl_x", "cl_y", "el_z", "hrrl_sel"]
+    assert [call[1] for call in selection_calls] == ["erm_a", "erm_b", "el_z", "cl_x", "cl_y", "hrrl_sel"]
     # HRRL starts from the selected CL arm's values, then the selected EL arm's.
     assert selection_calls[-1][4] == {"lam": 1.0, "step_offset": 300.0, "gamma": 1.0}
     assert selection_calls[1][5] == {"weight_decay": 1e-3}
@@ -113,17 +113,18 @@ def test_selection_rounds_constraint_equal_arms_and_confirmation(tmp_path, monke
     }
     statuses = {entry["name"]: entry["status"] for entry in log["arms"]}
     assert statuses["hrrl_dup"] == "same settings as hrrl_sel"
-    assert [e["selectable"] for e in log["arms"] if e["status"] == "trained"] == [True, True, False, True, True, True]
+    assert [e["selectable"] for e in log["arms"] if e["status"] == "trained"] == [True, True, True, False, True, True]
     markdown = (tmp_path / "selection.md").read_text()
     assert "| cl_x | cl | lam=0.3 | 84.00 |" in markdown and "| hrrl_dup | hrrl |" in markdown
     assert "| cl | 2 | cl_y | 75.00 |" in markdown
 
+    # Families in the order they first appear in the arms.
     confirmation_calls = [call[1:4] for call in calls if call[0] == "confirmation"]
     assert confirmation_calls == [(arm, arm, seed) for arm in ("erm_a", "el_z", "cl_y", "hrrl_sel") for seed in (1, 2)]
     assert [record["method"] for record in records] == ["erm*"] * 2 + ["el*"] * 2 + ["cl*"] * 2 + ["hrrl*"] * 2
     report = (tmp_path / "confirmation.md").read_text()
     header = next(line for line in report.splitlines() if line.startswith("| measure | el* − erm*"))
-    assert header.endswith("| hrrl* − el* |")
+    assert header.endswith("| hrrl* − el* | hrrl* − cl* |")
     # el − erm on source top-1: differences 1.1 and 1.3 points, mean 1.2, std √2·0.1, t(0.975, 1) = 12.706.
     half_width = 12.7062 * 0.1
     row = next(line for line in report.splitlines() if line.startswith("| source top-1 | +1.20"))

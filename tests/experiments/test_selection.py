@@ -3,7 +3,14 @@
 import pytest
 
 from hrrl_jax.experiments.arms import Arm, ResolvedArm, resolve_arm
-from hrrl_jax.experiments.selection import Candidate, level_means, select, selection_score, top1_threshold
+from hrrl_jax.experiments.selection import (
+    Candidate,
+    level_means,
+    score_formula,
+    select,
+    selection_score,
+    top1_threshold,
+)
 
 TARGETS = {
     "shift/blur": {"probe": 0.80, "recall_at_1": 0.5},
@@ -45,10 +52,10 @@ def test_a_tie_goes_to_the_arm_listed_first():
 
 def test_a_combined_arm_takes_the_selected_values_in_order_and_its_own_on_top():
     selected = {
-        "cl": ResolvedArm("cl_a", "cl", {"lam": 1.0, "prior": "empirical", "step_offset": 300.0}, {}),
-        "el": ResolvedArm("el_b", "el", {"gamma": 0.1, "example_level": "input", "step_offset": 0.0}, {}),
+        "cl": ResolvedArm("cl_a", "cl", "cl", {"lam": 1.0, "prior": "empirical", "step_offset": 300.0}, {}),
+        "el": ResolvedArm("el_b", "el", "el", {"gamma": 0.1, "example_level": "input", "step_offset": 0.0}, {}),
     }
-    arm = Arm("hrrl_c", "hrrl", robust={"gamma": 0.5}, optimizer={"weight_decay": 1e-3}, combine=("cl", "el"))
+    arm = Arm("hrrl_c", "hrrl", "hrrl", robust={"gamma": 0.5}, optimizer={"weight_decay": 1e-3}, combine=("cl", "el"))
     resolved = resolve_arm(arm, selected, earlier=[])
     assert resolved.robust == {
         "lam": 1.0,
@@ -63,11 +70,51 @@ def test_a_combined_arm_takes_the_selected_values_in_order_and_its_own_on_top():
 
 
 def test_an_arm_equal_to_an_earlier_one_is_that_arm():
-    selected = {"cl": ResolvedArm("cl_a", "cl", {"lam": 1.0, "floor": 0.5}, {})}
-    first = resolve_arm(Arm("hrrl_1", "hrrl", {}, {}, ("cl",)), selected, earlier=[])
-    again = resolve_arm(Arm("hrrl_2", "hrrl", {"floor": 0.5}, {}, ("cl",)), selected, earlier=[first])
+    selected = {"cl": ResolvedArm("cl_a", "cl", "cl", {"lam": 1.0, "floor": 0.5}, {})}
+    first = resolve_arm(Arm("hrrl_1", "hrrl", "hrrl", {}, {}, ("cl",)), selected, earlier=[])
+    again = resolve_arm(Arm("hrrl_2", "hrrl", "hrrl", {"floor": 0.5}, {}, ("cl",)), selected, earlier=[first])
     assert again.same_as == "hrrl_1" and again.run_name == "hrrl_1"
-    other = resolve_arm(Arm("hrrl_3", "hrrl", {"floor": 0.2}, {}, ("cl",)), selected, earlier=[first, again])
+    other = resolve_arm(Arm("hrrl_3", "hrrl", "hrrl", {"floor": 0.2}, {}, ("cl",)), selected, earlier=[first, again])
     assert other.same_as is None
-    cl_twin = resolve_arm(Arm("cl_twin", "cl", {"lam": 1.0, "floor": 0.5}, {}, ()), {}, earlier=[first])
+    cl_twin = resolve_arm(Arm("cl_twin", "cl", "cl", {"lam": 1.0, "floor": 0.5}, {}, ()), {}, earlier=[first])
     assert cl_twin.same_as is None  # Another method: another configuration.
+
+
+def test_the_levels_and_worst_concept_score_is_the_mean_of_three_equal_terms():
+    names = ["shift/blur", "shift/noise", "held_out", "digits"]
+    # Example level (0.8 + 0.6) / 2 = 0.7, concept level (0.9 + 0.5) / 2 = 0.7, worst concept 0.4.
+    score = selection_score(TARGETS, names, "probe", score="levels_and_worst_concept", source_worst_concept=0.4)
+    assert score == pytest.approx((0.7 + 0.7 + 0.4) / 3)
+    assert selection_score(TARGETS, names, "probe", score="levels", source_worst_concept=0.4) == pytest.approx(0.7)
+    # Example 0.7, concept 0.9 (held_out alone), worst concept 0.2: not (0.7 + 0.9) / 2 nor 0.2 weighed by targets.
+    three = ["shift/blur", "shift/noise", "held_out"]
+    kwargs = dict(score="levels_and_worst_concept", source_worst_concept=0.2)
+    assert selection_score(TARGETS, three, "probe", **kwargs) == pytest.approx(0.6)
+    assert selection_score(TARGETS, ["digits"], "probe", **kwargs) == pytest.approx((0.5 + 0.2) / 2)
+    with pytest.raises(ValueError, match="needs the source-validation worst-concept accuracy"):
+        selection_score(TARGETS, names, "probe", score="levels_and_worst_concept")
+    with pytest.raises(ValueError, match="selection score 'worst' is not known"):
+        selection_score(TARGETS, names, "probe", score="worst")
+
+
+def test_the_score_formula_states_each_rule():
+    by_level = {"example": ["shift/blur"], "concept": ["held_out", "digits"]}
+    assert score_formula("levels", by_level, "probe") == (
+        "the mean over levels (example: shift/blur; concept: held_out, digits) of the mean validation `probe` of "
+        "the level's targets"
+    )
+    assert score_formula("levels_and_worst_concept", by_level, "probe") == (
+        "the mean of 3 equal terms, (example mean + concept mean + worst concept) / 3: each level's mean validation "
+        "`probe` over its targets (example: shift/blur; concept: held_out, digits) and the arm's source-validation "
+        "worst-concept accuracy"
+    )
+
+
+def test_an_arm_keeps_its_family_apart_from_its_method():
+    selected = {"el": ResolvedArm("el_b", "el", "el", {"example_level": "input", "gamma": 0.3}, {})}
+    control = Arm("control_random", "el", "control", {"input_direction": "random"}, {}, ("el",))
+    resolved = resolve_arm(control, selected, earlier=[selected["el"]])
+    assert (resolved.method, resolved.family, resolved.same_as) == ("el", "control", None)
+    assert resolved.robust == {"example_level": "input", "gamma": 0.3, "input_direction": "random"}
+    same = resolve_arm(Arm("control_same", "el", "control", {}, {}, ("el",)), selected, earlier=[selected["el"]])
+    assert same.same_as == "el_b"  # The same training configuration, whatever its family.
