@@ -12,6 +12,7 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 import jax.typing  # noqa: E402
+import optax  # noqa: E402
 from sphinx.util.typing import stringify_annotation  # noqa: E402
 
 import hrrl_jax  # noqa: E402
@@ -35,6 +36,8 @@ TYPE_ALIASES = {
     "~hrrl_jax.robust.schedules.Hyperparameter": schedules.Hyperparameter,
     "~jax.typing.ArrayLike": jax.typing.ArrayLike,
     "~hrrl_jax.robust.input_level.PerExampleLoss": input_level.PerExampleLoss,
+    "~hrrl_jax.robust.input_level.LossFunction": input_level.LossFunction,
+    "~optax.Schedule": optax.Schedule,
 }
 
 
