@@ -133,7 +133,8 @@ def _difference_cell(method: Mapping | None, reference: Mapping | None) -> str:
 def comparisons(methods: Sequence[str], families: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
     """(method, reference) pairs of the confirmation report, those whose labels are present: each vs erm*, each vs
     group_dro*, each arm of the hrrl family − el* and − cl* (what combining the levels adds to each level alone),
-    and el* − control* (the selected example level against random perturbations of its strength).
+    el* − its control (the selected example level against random perturbations of its strength, the arm of family
+    `control`, selected or post hoc) and hrrl* − the arm of family `control_hrrl` (the same for HRRL*).
 
     `families` maps a label to its family (default: the label without its `*`)."""
     families = families or {}
@@ -145,8 +146,10 @@ def comparisons(methods: Sequence[str], families: Mapping[str, str] | None = Non
     for reference in ("el*", "cl*"):
         if reference in methods:
             pairs += [(method, reference) for method in hrrl]
-    if "el*" in methods and "control*" in methods:
-        pairs.append(("el*", "control*"))
+    for family, control_family in (("el", "control"), ("hrrl", "control_hrrl")):
+        controls = [method for method in methods if families.get(method, method.rstrip("*")) == control_family]
+        if f"{family}*" in methods:
+            pairs += [(f"{family}*", control) for control in controls]
     return pairs
 
 

@@ -108,7 +108,7 @@ def test_difference_of_unpaired_seeds_has_no_interval():
 
 
 def test_comparisons_add_each_hrrl_arm_minus_cl_and_el_minus_the_control():
-    methods = ["erm*", "el*", "control*", "cl*", "hrrl*", "hrrl_b (post hoc)"]
+    methods = ["erm*", "el*", "control*", "cl*", "hrrl*", "hrrl_b (post hoc)", "control_hrrl*"]
     families = {"hrrl_b (post hoc)": "hrrl"}
     assert protocol_report.comparisons(methods, families) == [
         ("el*", "erm*"),
@@ -116,13 +116,15 @@ def test_comparisons_add_each_hrrl_arm_minus_cl_and_el_minus_the_control():
         ("cl*", "erm*"),
         ("hrrl*", "erm*"),
         ("hrrl_b (post hoc)", "erm*"),
+        ("control_hrrl*", "erm*"),
         ("hrrl*", "el*"),
         ("hrrl_b (post hoc)", "el*"),
         ("hrrl*", "cl*"),
         ("hrrl_b (post hoc)", "cl*"),
         ("el*", "control*"),
+        ("hrrl*", "control_hrrl*"),
     ]
-    # Each pair needs both labels: no el* − control* without control*, nor with the control confirmed post hoc only.
+    # Each pair needs both labels: no el* − control without a control; a control confirmed post hoc still counts.
     assert protocol_report.comparisons(["erm*", "cl*", "hrrl*"]) == [
         ("cl*", "erm*"),
         ("hrrl*", "erm*"),
@@ -132,4 +134,5 @@ def test_comparisons_add_each_hrrl_arm_minus_cl_and_el_minus_the_control():
     assert protocol_report.comparisons(post_hoc_control, {"control_random (post hoc)": "control"}) == [
         ("el*", "erm*"),
         ("control_random (post hoc)", "erm*"),
+        ("el*", "control_random (post hoc)"),
     ]
