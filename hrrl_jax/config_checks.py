@@ -155,6 +155,7 @@ def _arm_list(value: Any) -> str | None:
 RULES: dict[str, Check] = {
     "seed": _NON_NEGATIVE_INTEGER,
     "batch_size": _POSITIVE_INTEGER,
+    "gradient_accumulation_steps": _POSITIVE_INTEGER,  # Divides batch_size: see _check_relations.
     "eval_batch_size": _optional(_POSITIVE_INTEGER),
     "total_steps": _NON_NEGATIVE_INTEGER,  # Positive unless num_epochs is set: see _check_relations.
     "num_epochs": _optional(_POSITIVE),
@@ -413,6 +414,12 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
                 f"config.optimizer.warmup_steps={warmup_steps!r}: must be below config.total_steps="
                 f"{config['total_steps']}; shorten the warm-up or train longer."
             )
+    accumulation_steps = config["gradient_accumulation_steps"]
+    if config["batch_size"] % accumulation_steps:
+        raise ConfigError(
+            f"config.gradient_accumulation_steps={accumulation_steps!r}: must divide config.batch_size="
+            f"{config['batch_size']} (the logical batch is split into micro-batches of equal size); change either."
+        )
     dataset = config["dataset"]
     if dataset["train_split"] == HOLDOUT_SPLIT:
         raise ConfigError(

@@ -152,6 +152,9 @@ def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.batch_size = 128  # Global batch, split over all devices of all hosts.
+    # k: the global batch is a logical batch of k micro-batches, one forward and backward pass each, one optimizer and
+    # adversary update (README, "Gradient accumulation"); batch_size must be a multiple of k × the device count.
+    config.gradient_accumulation_steps = 1
     config.eval_batch_size = _unset()  # None: same as batch_size.
     config.total_steps = 1000
     config.num_epochs = _unset()  # Set: overrides total_steps (converted with the epoch size).
