@@ -156,6 +156,7 @@ RULES: dict[str, Check] = {
     "seed": _NON_NEGATIVE_INTEGER,
     "batch_size": _POSITIVE_INTEGER,
     "gradient_accumulation_steps": _POSITIVE_INTEGER,  # Divides batch_size: see _check_relations.
+    "init_from": _optional(_path),
     "eval_batch_size": _optional(_POSITIVE_INTEGER),
     "total_steps": _NON_NEGATIVE_INTEGER,  # Positive unless num_epochs is set: see _check_relations.
     "num_epochs": _optional(_POSITIVE),

@@ -165,6 +165,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_epochs = _unset()  # Set: overrides checkpoint_every_steps.
     config.keep_checkpoints = 3
     config.precision = "float32"  # Compute dtype: float32 | bfloat16 (parameters and losses stay float32).
+    # Set: a work directory (its latest checkpoint) or WORKDIR/checkpoints/STEP whose params and batch_stats start a
+    # fresh run (README, "Robust fine-tuning"); the optimizer and the adversary start afresh.
+    config.init_from = _unset()
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "fashion_mnist"  # KNOWN_DATASETS, or `<base>_shift/<shift>`.
