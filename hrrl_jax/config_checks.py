@@ -159,6 +159,8 @@ def _arm_list(value: Any) -> str | None:
 RULES: dict[str, Check] = {
     "seed": _NON_NEGATIVE_INTEGER,
     "batch_size": _POSITIVE_INTEGER,
+    "gradient_accumulation_steps": _POSITIVE_INTEGER,  # Divides batch_size: see _check_relations.
+    "init_from": _optional(_path),
     "eval_batch_size": _optional(_POSITIVE_INTEGER),
     "total_steps": _NON_NEGATIVE_INTEGER,  # Positive unless num_epochs is set: see _check_relations.
     "num_epochs": _optional(_POSITIVE),
@@ -433,6 +435,12 @@ def _check_relations(config: ml_collections.ConfigDict) -> None:
                 f"config.optimizer.warmup_steps={warmup_steps!r}: must be below config.total_steps="
                 f"{config['total_steps']}; shorten the warm-up or train longer."
             )
+    accumulation_steps = config["gradient_accumulation_steps"]
+    if config["batch_size"] % accumulation_steps:
+        raise ConfigError(
+            f"config.gradient_accumulation_steps={accumulation_steps!r}: must divide config.batch_size="
+            f"{config['batch_size']} (the logical batch is split into micro-batches of equal size); change either."
+        )
     dataset = config["dataset"]
     if dataset["train_split"] == HOLDOUT_SPLIT:
         raise ConfigError(

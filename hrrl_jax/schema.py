@@ -168,6 +168,9 @@ def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.batch_size = 128  # Global batch, split over all devices of all hosts.
+    # k: the global batch is a logical batch of k micro-batches, one forward and backward pass each, one optimizer and
+    # adversary update (README, "Gradient accumulation"); batch_size must be a multiple of k × the device count.
+    config.gradient_accumulation_steps = 1
     config.eval_batch_size = _unset()  # None: same as batch_size.
     config.total_steps = 1000
     config.num_epochs = _unset()  # Set: overrides total_steps (converted with the epoch size).
@@ -178,6 +181,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_epochs = _unset()  # Set: overrides checkpoint_every_steps.
     config.keep_checkpoints = 3
     config.precision = "float32"  # Compute dtype: float32 | bfloat16 (parameters and losses stay float32).
+    # Set: a work directory (its latest checkpoint) or WORKDIR/checkpoints/STEP whose params and batch_stats start a
+    # fresh run (README, "Robust fine-tuning"); the optimizer and the adversary start afresh.
+    config.init_from = _unset()
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "fashion_mnist"  # KNOWN_DATASETS, or `<base>_shift/<shift>`.

@@ -78,11 +78,13 @@ def input_level_value_and_grad(
     weights: jax.Array,
     step: jax.Array,
     concept_of_class: np.ndarray,
+    micro_batch: jax.Array | None = None,
 ) -> tuple[tuple[jax.Array, robust.InputLevelAux], Any, Any]:
     """The step's `((loss, aux), grads)` under the `input` level, and the BatchNorm statistics to keep.
 
     The main running statistics come from the clean pass (from the perturbed pass when there is none: β = 1,
     f = 1); the auxiliary set's from the perturbed pass. The crafting passes' statistics are discarded.
+    `micro_batch`, the index of an accumulated step's micro-batch, is folded into the random control's key.
     """
     clean_loss_fn = model_loss_fn(model, batch_stats)
     robust_loss_fn = model_loss_fn(model, batch_stats, batch_norm=level.batch_norm)
@@ -94,6 +96,8 @@ def input_level_value_and_grad(
     key = None
     if level.direction == "random":
         key = jax.random.fold_in(jax.random.key(level.seed), step)
+        if micro_batch is not None:
+            key = jax.random.fold_in(key, micro_batch)
     (loss, aux), grads = robust.input_level_value_and_grad(
         clean_loss_fn,
         params,

@@ -1,7 +1,7 @@
 """Checks of a launch against its work directory and data set description, made before anything is trained.
 
-Each raises a one-line UserError naming the key: a concept cost or per-concept γ of the wrong shape (before any
-data is read), a
+Each raises a one-line UserError naming the key: a concept cost or per-concept γ of the wrong shape, micro-batches
+that do not split over the devices (before any data is read), a
 `total_steps` below the step already trained, or a changed `total_steps` that would make the learning-rate
 schedule jump at the resumed step.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import ml_collections
 import optax
 
@@ -31,6 +32,19 @@ def check_before_data(config: ml_collections.ConfigDict) -> None:
     )
     load_concept_cost(config.robust.cost, info.hierarchy.num_concepts)
     input_level(config.robust, info.hierarchy.num_concepts, config.seed)
+    check_micro_batches(config, jax.device_count())
+
+
+def check_micro_batches(config: ml_collections.ConfigDict, device_count: int) -> None:
+    """With gradient accumulation, every micro-batch must split evenly over the devices: `batch_size` a multiple of
+    `gradient_accumulation_steps` × `device_count`."""
+    steps = int(config.gradient_accumulation_steps)
+    if steps > 1 and config.batch_size % (steps * device_count):
+        raise ConfigError(
+            f"config.gradient_accumulation_steps={steps}: config.batch_size={config.batch_size} must be a multiple "
+            f"of {steps} micro-batches × {device_count} devices = {steps * device_count}, so that every micro-batch "
+            "splits evenly over the devices; change either."
+        )
 
 
 def check_resumed_schedule(

@@ -14,6 +14,7 @@ from hrrl_jax import robust
 from hrrl_jax.config_checks import validate_config
 from hrrl_jax.errors import UserError
 from hrrl_jax.train import evaluation
+from hrrl_jax.train.init_from import checkpoint_of, initialise_from
 from hrrl_jax.train.launch_checks import check_before_data, check_resumed_schedule
 from hrrl_jax.train.metrics import MetricWriter, ProgressBar
 from hrrl_jax.train.preemption import StopRequest
@@ -50,6 +51,8 @@ def train_and_evaluate(
     directory = WorkDir(workdir)
     directory.prepare()
     check_before_data(config)
+    if config.init_from is not None and directory.latest_checkpoint_step() is None:
+        checkpoint_of(config.init_from)  # A fresh start: a wrong path fails before any data is read.
     lock = workdir_lock(directory.path) if jax.process_index() == 0 else None
     with StopRequest(interrupt_until_started=True) as stop:
         try:
@@ -78,10 +81,14 @@ def _train_and_evaluate_locked(
     profiler = None
     try:
         start_step = 0
+        initialised_from = None  # The checkpoint folder config.init_from took the model from, if any.
         restored = checkpointer.restore_latest(abstract_train_state(state))
-        if restored is not None:
-            state, _, _ = restored
+        if restored is not None:  # A resume takes its own checkpoint, never config.init_from again.
+            state, meta, _ = restored
             start_step = int(jax.device_get(state.step))
+            initialised_from = meta.get("init_from")
+        elif config.init_from is not None:
+            state, initialised_from = initialise_from(state, config.init_from)
         check_resumed_schedule(
             directory,
             durations,
@@ -134,7 +141,10 @@ def _train_and_evaluate_locked(
                 return
             jax.block_until_ready(state)  # The steps queued before the save count as steps, the save does not.
             with meter.excluded():
-                checkpointer.save(step, state, {"step": step, "method": config.robust.method})
+                meta = {"step": step, "method": config.robust.method}
+                if initialised_from is not None:
+                    meta["init_from"] = initialised_from
+                checkpointer.save(step, state, meta)
 
         def interrupted(step: int, reason: str) -> dict[str, Any]:
             save(step)
@@ -192,6 +202,8 @@ def _train_and_evaluate_locked(
             last_summary = _last_logged(directory, final_step)
         adversary = _adversary_summary(state, hierarchy, run.trainer.objective.reweights, last_summary)
         results = {"status": FINISHED, "step": final_step, **eval_results, **adversary}
+        if initialised_from is not None:
+            results["init_from"] = initialised_from
         checkpointer.wait()  # results.json only names a step whose checkpoint is committed.
         if is_main_process:
             directory.write_results(results)

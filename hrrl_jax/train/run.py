@@ -26,6 +26,7 @@ from hrrl_jax.data import (
 from hrrl_jax.mesh import DataParallelMesh, data_parallel_mesh
 from hrrl_jax.models import configured_model
 from hrrl_jax.schema import durations_in_steps
+from hrrl_jax.train.launch_checks import check_micro_batches
 from hrrl_jax.train.objective import Objective, build_objective
 from hrrl_jax.train.optimizers import make_optimizer
 from hrrl_jax.train.state import TrainState, init_train_state
@@ -83,6 +84,7 @@ def build_trainer(
     """Model, optimizer chain, state and jitted steps for data described by `info`, on `mesh` (default: all
     devices)."""
     _, data_sharding, replicated = mesh if mesh is not None else data_parallel_mesh()
+    check_micro_batches(config, data_sharding.mesh.size)
     model = configured_model(config, info.num_classes)
     tx, objective, learning_rate_fn = make_optimizer_chain(config, info.hierarchy, concept_sizes, total_steps)
     side = image_side(config, info)
@@ -100,6 +102,8 @@ def build_trainer(
             learning_rate_fn=learning_rate_fn,
             concept_of_class=np.asarray(info.hierarchy.concept_of_class),
             normalise=normalise,
+            accumulation_steps=int(config.gradient_accumulation_steps),
+            data_sharding=data_sharding,
         ),
         in_shardings=(state_shardings, data_sharding),
         out_shardings=(state_shardings, replicated),

@@ -290,12 +290,15 @@ class Checkpointer:
             multihost_utils.sync_global_devices("hrrl_jax quarantined corrupt checkpoints")
         self._manager.reload()
 
-    def restore_model_variables(self, step: int, abstract_variables: dict[str, Any], sharding: Any) -> dict[str, Any]:
-        """The `params` and `batch_stats` of the train state saved at `step`, placed with `sharding`, verified.
+    def restore_saved_variables(
+        self, step: int, names: tuple[str, ...], sharding: Any, *, refusal: str
+    ) -> dict[str, Any]:
+        """The entries `names` (e.g. `params`, `batch_stats`) of the train state saved at `step`, as saved, placed
+        with `sharding` and verified.
 
         The abstract target is the saved tree's own metadata (so the optimizer state need not be rebuilt); the
-        digest is checked over the whole restored state, and what is kept is checked against
-        `abstract_variables` (the model's `eval_shape`), so another model is a CheckpointError.
+        digest is checked over the whole restored state. A corrupt checkpoint is a CheckpointError ending in
+        `refusal`, what was therefore not done; nothing is moved.
         """
         saved_tree = self._saved_tree(step)
         if isinstance(saved_tree, _UnreadableTree):
@@ -309,11 +312,19 @@ class Checkpointer:
         try:
             state, _ = self._restore_verified(step, target)
         except CorruptCheckpoint as corrupt:
-            raise CheckpointError(str(corrupt).replace("; not used.", ": features were not extracted.")) from corrupt
-        missing = [name for name in abstract_variables if name not in state]
+            raise CheckpointError(str(corrupt).replace("; not used.", f": {refusal}.")) from corrupt
+        missing = [name for name in names if name not in state]
         if missing:
             raise CheckpointError(f"The checkpoint at step {step} in {self.directory} holds no {missing}.")
-        variables = {name: state[name] for name in abstract_variables}
+        return {name: state[name] for name in names}
+
+    def restore_model_variables(self, step: int, abstract_variables: dict[str, Any], sharding: Any) -> dict[str, Any]:
+        """The `params` and `batch_stats` of the train state saved at `step`, placed with `sharding`, verified
+        (`restore_saved_variables`) and checked against `abstract_variables` (the model's `eval_shape`), so another
+        model is a CheckpointError."""
+        variables = self.restore_saved_variables(
+            step, tuple(abstract_variables), sharding, refusal="features were not extracted"
+        )
         _check_tree_matches(variables, abstract_variables, step, self.directory)
         return variables
 
