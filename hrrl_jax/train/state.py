@@ -8,6 +8,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -35,23 +36,30 @@ def init_train_state(
     seed: int,
     replicated: jax.sharding.NamedSharding,
 ) -> TrainState:
-    """Initialises the state directly in its (replicated) sharding: shapes first, then one jitted init."""
+    """Initialises the state directly in its (replicated) sharding: the model's variables, then the optimizer's state.
 
-    def init() -> TrainState:
-        rng = jax.random.PRNGKey(seed)
-        variables = model.init(jax.random.fold_in(rng, 0), jnp.zeros((1, *image_shape), jnp.float32), train=False)
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=tx.init(params),
-            rng=rng,
-        )
+    The key is an argument of the compiled initialisation, not a constant in it, and the optimizer's state is
+    initialised apart: one compilation of a model's (costly) initialisation serves every seed and every optimizer
+    chain, so the persistent compilation cache serves the runs of a sweep after the first.
+    """
+    rng = np.asarray(jax.random.PRNGKey(seed))  # On the host: the same in every process of a cluster.
 
-    abstract = jax.eval_shape(init)
-    shardings = jax.tree_util.tree_map(lambda _: replicated, abstract)
-    return jax.jit(init, out_shardings=shardings)()
+    def init_variables(key: jax.Array) -> dict[str, Any]:
+        return model.init(jax.random.fold_in(key, 0), jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+    def replicated_call(function, *args):
+        shardings = jax.tree_util.tree_map(lambda _: replicated, jax.eval_shape(function, *args))
+        return jax.jit(function, out_shardings=shardings)(*args)
+
+    variables = replicated_call(init_variables, rng)
+    step, key = replicated_call(lambda key: (jnp.zeros((), jnp.int32), key), rng)
+    return TrainState(
+        step=step,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=replicated_call(tx.init, variables["params"]),
+        rng=key,
+    )
 
 
 def abstract_train_state(state: TrainState) -> TrainState:
