@@ -144,7 +144,7 @@ def test_the_control_is_confirmed_after_el_and_compared_with_it(tmp_path, stubbe
     assert row.endswith("| **+5.00 [+5.00, +5.00]** |")
 
 
-def test_an_unselectable_control_is_confirmed_post_hoc_only(tmp_path, monkeypatch):
+def test_an_unselectable_control_is_confirmed_post_hoc_and_still_compared_with_el(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(
         protocol, "protocol_record", fake_record(calls, {**QUALITY, "control_random": (0.80, 0.6, 0.9)})
@@ -154,5 +154,6 @@ def test_an_unselectable_control_is_confirmed_post_hoc_only(tmp_path, monkeypatc
     labels = list(dict.fromkeys(record["method"] for record in records))
     assert labels == ["erm*", "el*", "cl*", "hrrl*", "control_random (post hoc)"]
     report = (tmp_path / "confirmation.md").read_text()
-    assert "| control | 1 | none selectable |" in report and "el* − control" not in report
+    # The verdict's EL* − control needs the control however it was confirmed.
+    assert "| control | 1 | none selectable |" in report and "| el* − control_random (post hoc) |" in report
     assert "| control_random (post hoc) − erm* |" in report
