@@ -69,3 +69,37 @@ def test_input_mode_on_the_imagenet_fixture_times_each_stage(tmp_path):
     )
     stages = [rows[f"stage: {name}"]["ms_per_image"] for name in stage_names]
     assert all(0 < milliseconds < 1000 for milliseconds in stages)
+
+
+TINY_CONFIG_FILE = """
+from configs import base
+
+
+def get_config():
+    config = base.get_config()
+    config.dataset.name = "digits"
+    config.model.width = 4
+    config.batch_size = 32
+    config.total_steps = 10
+    config.robust.method = "el"
+    config.robust.example_level = "input"
+    return config
+"""
+
+
+@pytest.mark.slow
+def test_config_mode_times_the_config_against_its_erm_in_alternated_pairs(tmp_path):
+    path = tmp_path / "tiny_config.py"
+    path.write_text(TINY_CONFIG_FILE)
+    out = tmp_path / "rows.json"
+    flags = ["--windows", "3", "--steps-per-window", "1", "--warmup-steps", "1", "--json", str(out)]
+    overrides = ["--override", "robust.input_gradient='clean_pass'", "--override", "robust.input_beta=0.5"]
+    step_throughput.main(["--config", str(path), "--methods", "erm,config", *overrides, *flags])
+    erm, robust = json.loads(out.read_text())["rows"]
+    assert (erm["method"], robust["method"]) == ("erm", "config")
+    assert erm["robust"]["method"] == "erm" and robust["robust"]["method"] == "el"
+    assert robust["robust"]["input_gradient"] == "clean_pass" and robust["robust"]["input_beta"] == 0.5
+    pairs = [config_time / erm_time for erm_time, config_time in zip(erm["step_ms_windows"], robust["step_ms_windows"])]
+    assert robust["pair_ratios"] == pytest.approx(pairs) and len(pairs) == 3
+    assert robust["ratio_to_erm"] == pytest.approx(sorted(pairs)[1])  # The median of the pair ratios.
+    assert robust["images_per_second"] == pytest.approx(32 / (robust["step_ms"] / 1000))
