@@ -17,6 +17,9 @@ from hrrl_jax.workdir import CheckpointError
 from tests.train.helpers import assert_trees_equal, read_checkpoint_state, tiny_config
 from tests.train.test_integrity import corrupt_largest_data_file
 
+# Each test trains and restores runs end to end: the full suite runs them, the fast tier leaves them out.
+pytestmark = pytest.mark.slow
+
 PRETRAIN_STEPS = 3
 
 

@@ -14,6 +14,9 @@ from hrrl_jax.train.launch_checks import check_before_data
 from hrrl_jax.train.run import build_run
 from tests.train.helpers import rounding_bound, tiny_config
 
+# Each test builds and steps a trainer: the full suite runs them, the fast tier leaves them out.
+pytestmark = pytest.mark.slow
+
 CHEAP_AUXILIARY = {
     "robust__input_gradient": "clean_pass",
     "robust__input_beta": 0.5,

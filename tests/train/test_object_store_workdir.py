@@ -12,6 +12,9 @@ from hrrl_jax.workdir import WorkDir
 from tests.train.helpers import tiny_config
 from tests.workdir.object_store import fake_bucket
 
+# A run trained, interrupted and resumed end to end: the full suite runs it, the fast tier leaves it out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def bucket(tmp_path, monkeypatch):

@@ -57,6 +57,7 @@ def test_mfu_is_absent_where_the_peak_is_unknown():
     assert device_peak_flops("cpu") is None
 
 
+@pytest.mark.slow
 def test_a_window_with_a_slow_eval_reports_the_step_rate_alone_and_the_profile_is_written(tmp_path, monkeypatch):
     real_evaluate = evaluation.evaluate
     eval_seconds = 3.0
