@@ -103,6 +103,17 @@ class _ConvBatchNorm(nn.Module):
         return selected(x)
 
 
+def _conv_batch_norm_units(module: nn.Module) -> functools.partial:
+    """`_ConvBatchNorm` with the compute dtype, BatchNorm variance and auxiliary-BatchNorm option of `module` (a
+    block or the network), so that every unit of a network is built alike."""
+    return functools.partial(
+        _ConvBatchNorm,
+        dtype=module.dtype,
+        batch_norm_variance=module.batch_norm_variance,
+        auxiliary_batch_norm=module.auxiliary_batch_norm,
+    )
+
+
 def _join_shortcut(
     x: jax.Array, y: jax.Array, *, unit: functools.partial, strides: int, train: bool, batch_norm: str
 ) -> jax.Array:
@@ -129,12 +140,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, batch_norm: str = "main") -> jax.Array:
-        unit = functools.partial(
-            _ConvBatchNorm,
-            dtype=self.dtype,
-            batch_norm_variance=self.batch_norm_variance,
-            auxiliary_batch_norm=self.auxiliary_batch_norm,
-        )
+        unit = _conv_batch_norm_units(self)
         y = nn.relu(unit(self.features, 3, self.strides, name="unit1")(x, train=train, batch_norm=batch_norm))
         y = unit(self.features, 3, zero_init_scale=True, name="unit2")(y, train=train, batch_norm=batch_norm)
         return _join_shortcut(x, y, unit=unit, strides=self.strides, train=train, batch_norm=batch_norm)
@@ -153,12 +159,7 @@ class BottleneckBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, batch_norm: str = "main") -> jax.Array:
-        unit = functools.partial(
-            _ConvBatchNorm,
-            dtype=self.dtype,
-            batch_norm_variance=self.batch_norm_variance,
-            auxiliary_batch_norm=self.auxiliary_batch_norm,
-        )
+        unit = _conv_batch_norm_units(self)
         y = nn.relu(unit(self.features, 1, name="unit1")(x, train=train, batch_norm=batch_norm))
         y = nn.relu(unit(self.features, 3, self.strides, name="unit2")(y, train=train, batch_norm=batch_norm))
         y = unit(self.features * self.expansion, 1, zero_init_scale=True, name="unit3")(
@@ -223,14 +224,7 @@ class ResNet(nn.Module):
                 f"{images.shape}; add a channel axis to grey-scale images."
             )
         x = images.astype(self.dtype)
-        stem_unit = functools.partial(
-            _ConvBatchNorm,
-            self.width,
-            dtype=self.dtype,
-            batch_norm_variance=self.batch_norm_variance,
-            auxiliary_batch_norm=self.auxiliary_batch_norm,
-            name="stem",
-        )
+        stem_unit = functools.partial(_conv_batch_norm_units(self), self.width, name="stem")
         if self._uses_imagenet_stem(images.shape[1]):
             x = nn.max_pool(
                 nn.relu(stem_unit(7, strides=2)(x, train=train, batch_norm=batch_norm)),
