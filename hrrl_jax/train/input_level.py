@@ -48,13 +48,6 @@ def model_loss_fn(model: nn.Module, batch_stats: Any, *, batch_norm: str = "main
     return loss_fn
 
 
-def train_mode_losses(model: nn.Module, variables: Any, labels: jax.Array) -> robust.input_level.PerExampleLoss:
-    """inputs -> per-example cross-entropy of `model` in train mode (batch statistics, as the step's own pass);
-    the BatchNorm statistics these passes compute are discarded."""
-    loss_fn = model_loss_fn(model, variables["batch_stats"])
-    return lambda inputs: loss_fn(variables["params"], inputs, labels)[0]
-
-
 def gamma_at(level: InputLevel, step: jax.Array, labels: jax.Array, concept_of_class: np.ndarray) -> jax.Array:
     """γ of train step `step`: the scalar γ or each example's γ_{c(y_i)}, deferred and ramped
     (`robust.deferred_ramp`)."""

@@ -98,3 +98,20 @@ def relative_deviation(reference, other) -> float:
     ]
     difference = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in pairs))
     return float(difference / max(np.sqrt(sum(np.sum(a**2) for a, _ in pairs)), 1e-30))
+
+
+def train_on_one_and_all_devices(config, splits, steps: int = 2) -> list[tuple]:
+    """[(state, metrics) on one device, (state, metrics) on all devices] after `steps` train steps of `config` on
+    `splits`, each from a fresh trainer: what the 1 = 8 devices tests compare."""
+    import jax
+
+    from hrrl_jax.train.run import build_run
+
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()):
+        run = build_run(config, devices=devices, splits=splits)
+        state = run.trainer.state
+        for step in range(steps):
+            state, metrics = run.trainer.jitted_train_step(state, run.train_pipeline.global_batch(step))
+        results.append((state, metrics))
+    return results

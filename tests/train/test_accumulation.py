@@ -22,7 +22,7 @@ from hrrl_jax.train.accumulation import logical_batch, micro_batches
 from hrrl_jax.train.launch_checks import check_before_data
 from hrrl_jax.train.run import build_run
 from hrrl_jax.train.steps import per_example_losses
-from tests.train.helpers import relative_deviation, rounding_bound, tiny_config
+from tests.train.helpers import relative_deviation, rounding_bound, tiny_config, train_on_one_and_all_devices
 
 # Each case trains ResNet-18 steps end to end: the full suite runs them, the fast tier leaves them out.
 pytestmark = pytest.mark.slow
@@ -129,14 +129,9 @@ def test_the_accumulated_step_is_the_logical_batch_step(splits, name):
 
 def test_one_micro_batch_per_device_share_matches_between_one_and_eight_devices(splits):
     config = _config("hrrl", gradient_accumulation_steps=2)
-    losses, params = [], []
-    for devices in (jax.devices()[:1], jax.devices()):
-        run = build_run(config, devices=devices, splits=splits)
-        state = run.trainer.state
-        for step in range(2):
-            state, metrics = run.trainer.jitted_train_step(state, run.train_pipeline.global_batch(step))
-        losses.append(float(metrics["loss"]))
-        params.append(jax.device_get(state.params))
+    results = train_on_one_and_all_devices(config, splits)
+    losses = [float(metrics["loss"]) for _, metrics in results]
+    params = [jax.device_get(state.params) for state, _ in results]
     np.testing.assert_allclose(losses[1], losses[0], rtol=rounding_bound(config))
     assert relative_deviation(params[0], params[1]) < 100 * rounding_bound(config)
 

@@ -12,7 +12,7 @@ from hrrl_jax.data.normalisation import normalise_images
 from hrrl_jax.errors import ConfigError
 from hrrl_jax.train.launch_checks import check_before_data
 from hrrl_jax.train.run import build_run
-from tests.train.helpers import rounding_bound, tiny_config
+from tests.train.helpers import rounding_bound, tiny_config, train_on_one_and_all_devices
 
 # Each test builds and steps a trainer: the full suite runs them, the fast tier leaves them out.
 pytestmark = pytest.mark.slow
@@ -104,13 +104,8 @@ def test_eight_devices_match_one_device_with_the_auxiliary_batch_norm_and_the_ra
     assert jax.device_count() == 8
     config = _input_config(**CHEAP_AUXILIARY, robust__input_direction="random", robust__input_coupling="weights")
     config.robust.method = "hrrl"
-    losses, norms = [], []
-    for devices in (jax.devices()[:1], jax.devices()):
-        run = build_run(config, devices=devices, splits=splits)
-        state = run.trainer.state
-        for step in range(2):
-            state, metrics = run.trainer.jitted_train_step(state, run.train_pipeline.global_batch(step))
-        losses.append(float(metrics["loss"]))
-        norms.append(float(metrics["input_perturbation_norm"]))
+    results = train_on_one_and_all_devices(config, splits)
+    losses = [float(metrics["loss"]) for _, metrics in results]
+    norms = [float(metrics["input_perturbation_norm"]) for _, metrics in results]
     np.testing.assert_allclose(losses[1], losses[0], rtol=rounding_bound(config))
     np.testing.assert_allclose(norms[1], norms[0], rtol=1e-4)

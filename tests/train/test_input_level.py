@@ -11,9 +11,15 @@ import optax
 from hrrl_jax import robust
 from hrrl_jax.data import load_data
 from hrrl_jax.robust import worst_case_inputs
-from hrrl_jax.train.input_level import train_mode_losses
+from hrrl_jax.train.input_level import model_loss_fn
 from hrrl_jax.train.run import build_run
-from tests.train.helpers import rounding_bound, tiny_config
+from tests.train.helpers import rounding_bound, tiny_config, train_on_one_and_all_devices
+
+
+def train_mode_losses(model, variables, labels):
+    """inputs -> per-example cross-entropy of `model` in train mode (the trainer's loss function, labels bound)."""
+    loss_fn = model_loss_fn(model, variables["batch_stats"])
+    return lambda inputs: loss_fn(variables["params"], inputs, labels)[0]
 
 
 class TinyNet(nn.Module):
@@ -151,12 +157,6 @@ def test_eight_devices_match_one_device():
     assert jax.device_count() == 8
     config = _input_config()
     splits = load_data(config)
-    losses = []
-    for devices in (jax.devices()[:1], jax.devices()):
-        run = build_run(config, devices=devices, splits=splits)
-        state = run.trainer.state
-        for step in range(2):
-            state, metrics = run.trainer.jitted_train_step(state, run.train_pipeline.global_batch(step))
-        losses.append(float(metrics["loss"]))
+    losses = [float(metrics["loss"]) for _, metrics in train_on_one_and_all_devices(config, splits)]
     # The ascent's gradient sums the batch in another order on 8 devices: rounding, bounded as in test_loop.py.
     np.testing.assert_allclose(losses[1], losses[0], rtol=rounding_bound(config))
