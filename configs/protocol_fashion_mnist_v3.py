@@ -116,4 +116,8 @@ def get_config() -> ml_collections.ConfigDict:
     # The EL control is confirmed whether or not its family's rule selects it (the verdict needs EL* − control;
     # the HRRL control is confirmed when its family's rule selects it, else as protocol.md says).
     config.compare.post_hoc_arms = ("control_random",)
+    # Amendment 1 (protocol.md, made after the first 14 arms' validation figures, before any HRRL run and any test
+    # split): a family without a selectable arm is stood in for by its arm of the highest score, as the protocol
+    # already said for HRRL; no EL arm met the constraint, so the HRRL arms and the control build on EL's stand-in.
+    config.compare.stand_in_unselectable = True
     return config

@@ -246,6 +246,7 @@ RULES: dict[str, Check] = {
     "compare.selection_seeds": _SEEDS,
     "compare.confirmation_seeds": _SEEDS,
     "compare.post_hoc_arms": _sequence_of(_text, "a tuple of arm names"),
+    "compare.stand_in_unselectable": _boolean,
     "compare.selection_metric": _one_of(SELECTION_METRICS),
     "compare.selection_score": _one_of(SELECTION_SCORES),
     "compare.top1_tolerance": _IN_UNIT_INTERVAL,

@@ -148,6 +148,9 @@ def default_compare_config() -> ml_collections.ConfigDict:
     # Arms (names in `arms`) confirmed too although the rule did not select them, reported as `<name> (post hoc)`
     # beside the selected arms: information outside the pre-registered verdict.
     config.post_hoc_arms = ()
+    # A family without a selectable arm: False: not combined nor confirmed; True: its arm of the highest score stands
+    # in for it (combined, confirmed as `<family>* (stand-in)`, outside the verdict).
+    config.stand_in_unselectable = False
     config.selection_metric = "probe"  # SELECTION_METRICS: the validation measure the score averages.
     # SELECTION_SCORES: levels (the mean over levels of each level's mean selection_metric) |
     # levels_and_worst_concept (that of three equal terms: the two level means and the source-validation worst-concept

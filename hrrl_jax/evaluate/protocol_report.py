@@ -138,18 +138,27 @@ def comparisons(methods: Sequence[str], families: Mapping[str, str] | None = Non
 
     `families` maps a label to its family (default: the label without its `*`)."""
     families = families or {}
+
+    def family_of(method: str) -> str:
+        return families.get(method, method.rstrip("*"))
+
+    def starred(family: str) -> str | None:
+        """The label of the family's selected arm, or of the arm that stands in for it."""
+        return next((m for m in methods if m.startswith(f"{family}*") and family_of(m) == family), None)
+
+    erm = starred("erm")
     pairs = []
-    for reference in ("erm*", "group_dro*"):
-        if reference in methods:
-            pairs += [(method, reference) for method in methods if method not in (reference, "erm*")]
-    hrrl = [method for method in methods if families.get(method, method.rstrip("*")) == "hrrl"]
-    for reference in ("el*", "cl*"):
-        if reference in methods:
+    for reference in (erm, starred("group_dro")):
+        if reference is not None:
+            pairs += [(method, reference) for method in methods if method not in (reference, erm)]
+    hrrl = [method for method in methods if family_of(method) == "hrrl"]
+    for reference in (starred("el"), starred("cl")):
+        if reference is not None:
             pairs += [(method, reference) for method in hrrl]
     for family, control_family in (("el", "control"), ("hrrl", "control_hrrl")):
-        controls = [method for method in methods if families.get(method, method.rstrip("*")) == control_family]
-        if f"{family}*" in methods:
-            pairs += [(f"{family}*", control) for control in controls]
+        controls = [method for method in methods if family_of(method) == control_family]
+        if starred(family) is not None:
+            pairs += [(starred(family), control) for control in controls]
     return pairs
 
 
@@ -186,7 +195,7 @@ def render_confirmation_report(
                 [
                     family,
                     entry["tried"],
-                    entry["selected"] or "none selectable",
+                    _family_choice(entry),
                     entry["settings"] or "–",
                     "–" if entry["score"] is None else f"{100 * entry['score']:.2f}",
                 ]
@@ -199,7 +208,7 @@ def render_confirmation_report(
         lines += [
             "",
             f"Post hoc: {', '.join(shown)}, not selected by the rule and confirmed for information only; the "
-            "protocol's verdict concerns the selected arms (starred).",
+            "protocol's verdict concerns the arms the rule selected.",
         ]
     for section, names in sections.items():
         lines += ["", f"## {section}", ""]
@@ -275,7 +284,7 @@ def render_selection_log(log: Mapping[str, Any]) -> str:
                 *(f"{100 * entry['level_means'][level]:.2f}" for level in levels),
                 f"{100 * entry['score']:.2f}",
                 "yes" if entry["selectable"] else "no",
-                "**yes**" if entry["selected"] else "",
+                "**yes**" if entry["selected"] else "stand-in" if entry.get("stand_in") else "",
             ]
         )
     lines += markdown_table(header, rows)
@@ -286,7 +295,7 @@ def render_selection_log(log: Mapping[str, Any]) -> str:
             [
                 family,
                 entry["tried"],
-                entry["selected"] or "none selectable",
+                _family_choice(entry),
                 "–" if entry["score"] is None else f"{100 * entry['score']:.2f}",
             ]
             for family, entry in log["families"].items()
@@ -301,6 +310,13 @@ def render_selection_log(log: Mapping[str, Any]) -> str:
             *markdown_table(["arm", *names], rows),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _family_choice(entry: Mapping[str, Any]) -> str:
+    """A family's selected arm, else `none selectable; stand-in: <arm>` or `none selectable`."""
+    if entry["selected"]:
+        return entry["selected"]
+    return f"none selectable; stand-in: {entry['stand_in']}" if entry.get("stand_in") else "none selectable"
 
 
 def _family_cell(entry: Mapping[str, Any]) -> str:

@@ -53,6 +53,7 @@ from hrrl_jax.experiments.protocol_targets import (
 )
 from hrrl_jax.experiments.selection import (
     Candidate,
+    highest_score,
     is_selectable,
     level_means,
     score_formula,
@@ -267,15 +268,23 @@ def run_selection(config: ml_collections.ConfigDict, workdir: str) -> Selection:
             for entry in trained:
                 entry["selectable"] = is_selectable(entry["source_top1"], threshold)
             choice = select(candidates, threshold=threshold, tie_tolerance=compare.tie_tolerance)
+            stand_in = None
+            if choice is None and compare.stand_in_unselectable:
+                stand_in = highest_score(candidates, tie_tolerance=compare.tie_tolerance)
             if choice is not None:
                 entries[choice]["selected"] = True
-                selected[family] = next(arm for arm in resolved if arm.name == choice)
+            if stand_in is not None:
+                entries[stand_in]["stand_in"] = True
+            if choice or stand_in:
+                selected[family] = next(arm for arm in resolved if arm.name == (choice or stand_in))
             family_log[family] = {
                 "tried": len(trained),
                 "selected": choice,
-                "settings": entries[choice]["settings"] if choice else None,
-                "score": entries[choice]["score"] if choice else None,
+                "settings": entries[choice or stand_in]["settings"] if choice or stand_in else None,
+                "score": entries[choice or stand_in]["score"] if choice or stand_in else None,
             }
+            if compare.stand_in_unselectable:
+                family_log[family]["stand_in"] = stand_in
     targets_by_level = {
         level: [t for t in compare.targets if target_level(t) == level]
         for level in ("example", "concept")
@@ -305,9 +314,10 @@ def run_selection(config: ml_collections.ConfigDict, workdir: str) -> Selection:
     return Selection(log=log, selected=selected, trained=trained)
 
 
-def confirmation_label(family: str) -> str:
-    """`hrrl*`: the family's selected arm, as the confirmation report names it."""
-    return f"{family}*"
+def confirmation_label(family: str, *, stand_in: bool = False) -> str:
+    """`hrrl*`: the family's selected arm, as the confirmation report names it; `hrrl* (stand-in)` for the arm that
+    stands in for a family without a selectable arm (`compare.stand_in_unselectable`)."""
+    return f"{family}* (stand-in)" if stand_in else f"{family}*"
 
 
 def post_hoc_label(arm_name: str) -> str:
@@ -321,7 +331,7 @@ def post_hoc_arms(config: ml_collections.ConfigDict, selection: Selection) -> li
     Raises:
       ConfigError: one of them was not trained in the selection (its combined families had no selectable arm).
     """
-    selected = {arm.name for arm in selection.selected.values()}
+    selected = {arm.name for arm in selection.selected.values()}  # Stand-ins included: confirmed as such.
     arms = []
     for name in config.compare.post_hoc_arms:
         if name in selected:
@@ -340,11 +350,13 @@ def run_confirmation(config: ml_collections.ConfigDict, workdir: str, selection:
     splits, writes the report."""
     compare = config.compare
     targets = phase_targets(config, CONFIRMATION)
+    families = selection.log["families"]
     arms = [
-        (confirmation_label(family), family, selection.selected[family])
-        for family in selection.log["families"]
+        (confirmation_label(family, stand_in=bool(entry.get("stand_in"))), family, selection.selected[family])
+        for family, entry in families.items()
         if family in selection.selected
     ]
+    stand_ins = [label for label, family, _ in arms if families[family].get("stand_in")]
     post_hoc = [(post_hoc_label(arm.name), arm.family, arm) for arm in post_hoc_arms(config, selection)]
     arms += post_hoc
     records = []
@@ -361,7 +373,7 @@ def run_confirmation(config: ml_collections.ConfigDict, workdir: str, selection:
         title=f"Protocol confirmation on {config.dataset.name}",
         method_order=labels,
         families={label: family for label, family, _ in arms},
-        post_hoc=[label for label, _, _ in post_hoc],
+        post_hoc=[label for label, _, _ in post_hoc] + stand_ins,
         notes=compare.notes,
     )
     with open(os.path.join(workdir, "confirmation.md"), "w") as file:

@@ -7,7 +7,9 @@ arm's source-validation worst-concept accuracy, three equal terms. Over several 
 per-seed scores. An arm is selectable when its source-validation top-1 (mean over the selection seeds) is at least the
 best ERM arm's minus `compare.top1_tolerance`. In each family the selectable arm of the highest score is selected;
 scores within `compare.tie_tolerance` of the highest tie, and the tie goes to the arm listed first. A family without a
-selectable arm has no selection (and is not confirmed).
+selectable arm has no selection (and is not confirmed), unless `compare.stand_in_unselectable`: then its arm of the
+highest score (the same tie rule) stands in for it, is combined and confirmed in its place, and is reported as a
+stand-in outside the verdict.
 """
 
 from __future__ import annotations
@@ -109,3 +111,8 @@ def select(candidates: Sequence[Candidate], *, threshold: float, tie_tolerance: 
         return None
     best = max(candidate.score for candidate in selectable)
     return next(c.name for c in selectable if c.score >= best - tie_tolerance - _ROUNDING)
+
+
+def highest_score(candidates: Sequence[Candidate], *, tie_tolerance: float) -> str | None:
+    """The name of the candidate of the highest score, constraint or not (ties as in `select`); None if none."""
+    return select(candidates, threshold=-np.inf, tie_tolerance=tie_tolerance)

@@ -156,6 +156,34 @@ def test_a_family_without_a_selectable_arm_is_not_combined_nor_confirmed(tmp_pat
     assert "| cl | 2 | none selectable |" in (tmp_path / "confirmation.md").read_text()
 
 
+def test_a_stand_in_takes_the_place_of_a_family_without_a_selectable_arm(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(protocol, "protocol_record", fake_record(calls))
+    monkeypatch.setitem(QUALITY, "cl_y", (0.80, 0.75))  # Both cl arms now miss the threshold; cl_x scores higher.
+    monkeypatch.setitem(QUALITY, "hrrl_dup", (0.855, 0.73))
+    config = protocol_config()
+    config.compare.stand_in_unselectable = True
+    records = protocol.run_protocol(config, str(tmp_path))
+    log = json.loads((tmp_path / "selection.json").read_text())
+    expected = {"tried": 2, "selected": None, "settings": "lam=0.3", "score": 0.8, "stand_in": "cl_x"}
+    assert log["families"]["cl"] == expected
+    assert log["families"]["hrrl"]["selected"] == "hrrl_sel" and log["families"]["hrrl"]["stand_in"] is None
+    # HRRL combines the stand-in's values: cl_x's λ, el_z's γ (hrrl_dup now differs from hrrl_sel and is trained).
+    trained = {call[1]: call[4] for call in calls if call[0] == "selection"}
+    assert trained["hrrl_sel"] == {"lam": 0.3, "gamma": 1.0}
+    assert trained["hrrl_dup"] == {"lam": 0.3, "step_offset": 300.0, "gamma": 1.0}
+    assert [entry.get("stand_in", False) for entry in log["arms"] if entry["family"] == "cl"] == [True, False]
+    assert "| cl | 2 | none selectable; stand-in: cl_x | 80.00 |" in (tmp_path / "selection.md").read_text()
+
+    confirmed = [call[1] for call in calls if call[0] == "confirmation"]
+    assert confirmed == [arm for arm in ("erm_a", "el_z", "cl_x", "hrrl_sel") for _ in (1, 2)]
+    assert [record["method"] for record in records][4:6] == ["cl* (stand-in)"] * 2
+    report = (tmp_path / "confirmation.md").read_text()
+    assert "Post hoc: cl* (stand-in), not selected by the rule" in report
+    header = next(line for line in report.splitlines() if line.startswith("| measure | el* − erm*"))
+    assert header.endswith("| hrrl* − el* | hrrl* − cl* (stand-in) |")
+
+
 def test_post_hoc_arms_are_confirmed_apart_and_compared(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(protocol, "protocol_record", fake_record(calls))
