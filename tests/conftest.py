@@ -3,7 +3,13 @@
 import os
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# LLVM's optimisation of the compiled CPU code is off: the tests' tiny models spend far more time compiling than
+# running (tests/train/test_accumulation.py: 296 s of CPU with it, 139 s without), and the XLA program (HLO) is the
+# same. The tests of other instruction sets and of several processes set their own flags.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Tests build the same tiny models many times (in-process and in launch.py subprocesses): compile them once.
+# Tests build the same tiny models many times (in-process and in launch.py subprocesses): compile each once, however
+# short its compilation (jax caches only compilations of at least 1 s by default).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "hrrl_jax_test_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
