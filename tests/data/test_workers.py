@@ -98,11 +98,9 @@ def _running(pid: int) -> bool:
     return state != "Z"
 
 
-@contextlib.contextmanager
-def _child(mode: str) -> Iterator[tuple[subprocess.Popen, list[int]]]:
-    """tests/data/signal_child.py in its own process group, and the pids of its two workers once they run; the
-    group is killed on the way out if it still runs (a failed test leaves nothing behind)."""
-    child = subprocess.Popen(
+def _start_child(mode: str) -> subprocess.Popen:
+    """tests/data/signal_child.py in `mode`, in its own process group."""
+    return subprocess.Popen(
         [sys.executable, "-m", "tests.data.signal_child", mode],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
@@ -110,6 +108,29 @@ def _child(mode: str) -> Iterator[tuple[subprocess.Popen, list[int]]]:
         text=True,
         start_new_session=True,
     )
+
+
+@pytest.fixture(scope="module")
+def started_children() -> Iterator[dict[str, subprocess.Popen]]:
+    """Both signal tests' children, started together at the first one's start: each spends its seconds importing
+    and starting its workers, which two cores do side by side. Every group still running at the end is killed."""
+    children = {}
+    try:
+        for mode in ("stop_request", "default_handlers"):
+            children[mode] = _start_child(mode)
+        yield children
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+
+
+@contextlib.contextmanager
+def _child(children: dict[str, subprocess.Popen], mode: str) -> Iterator[tuple[subprocess.Popen, list[int]]]:
+    """The started child of `mode` and the pids of its two workers once they run; its group is killed on the way
+    out if it still runs (a failed test leaves nothing behind)."""
+    child = children[mode]
     try:
         line = child.stdout.readline()
         while line and not line.startswith("workers "):
@@ -132,8 +153,8 @@ def _wait_until_gone(pids: list[int], seconds: float) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads process states from /proc")
-def test_sigterm_to_the_process_group_leaves_the_stop_to_the_reader_and_no_worker_behind():
-    with _child("stop_request") as (child, pids):
+def test_sigterm_to_the_process_group_leaves_the_stop_to_the_reader_and_no_worker_behind(started_children):
+    with _child(started_children, "stop_request") as (child, pids):
         os.killpg(child.pid, signal.SIGTERM)  # As a scheduler or Ctrl-C does: every process of the group gets it.
         output = child.stdout.read()
         assert child.wait(timeout=60) == 0, output
@@ -143,8 +164,8 @@ def test_sigterm_to_the_process_group_leaves_the_stop_to_the_reader_and_no_worke
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads process states from /proc")
-def test_workers_exit_when_sigterm_kills_their_parent():
-    with _child("default_handlers") as (child, pids):
+def test_workers_exit_when_sigterm_kills_their_parent(started_children):
+    with _child(started_children, "default_handlers") as (child, pids):
         child.send_signal(signal.SIGTERM)  # No handler: the reader dies at once, without closing its iterator.
         assert child.wait(timeout=60) == -signal.SIGTERM
     assert not _wait_until_gone(pids, seconds=10)

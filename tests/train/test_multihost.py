@@ -56,6 +56,11 @@ CLUSTER_TIMEOUT_SECONDS = 300
 STEPS_LOGGED_BEFORE_SIGNAL = 3
 FIRST_STEPS_TIMEOUT_SECONDS = 240
 STOP_TIMEOUT_SECONDS = 120
+# Without LLVM's optimisations (which reorder no floating-point sum and change nothing of what runs where), a process
+# compiles the model's initialisation in 3 s of CPU instead of 26 and the train step in 8 instead of 15. The resume
+# test builds them three and two times in each process (each `train_and_evaluate` builds its run anew, and the
+# persistent cache cannot serve two processes whose cache keys differ), and trains 4 steps.
+FAST_COMPILATION_XLA_FLAGS = "--xla_backend_optimization_level=0"
 # The 8-way sums run in another order across processes (gloo) than in one: leaves agree to the rounding bound
 # of tests/train/helpers.py (`rounding_bound`, `CANCELLATION_ALLOWANCE`), derived, not measured on one host.
 
@@ -107,9 +112,14 @@ class Cluster:
 
 @contextlib.contextmanager
 def started_cluster(
-    workdir: str | os.PathLike, output_dir: str | os.PathLike, log_dir: str | os.PathLike, *worker_arguments: str
+    workdir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    log_dir: str | os.PathLike,
+    *worker_arguments: str,
+    extra_xla_flags: str = "",
 ) -> Iterator[Cluster]:
-    """Starts the worker (with `worker_arguments`) in NUM_PROCESSES processes, logging to log_dir/process_I.log.
+    """Starts the worker (with `worker_arguments`) in NUM_PROCESSES processes, logging to log_dir/process_I.log;
+    `extra_xla_flags` are appended to their XLA_FLAGS.
 
     Every process is killed and reaped when the block exits, whatever happens inside it.
     """
@@ -117,7 +127,7 @@ def started_cluster(
     environment = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS} {extra_xla_flags}".strip(),
         # On CPU the persistent cache keys differ between processes and only process 0 writes entries: a warm
         # cache lets process 0 skip compiling and wait at the first collective for longer than gloo's 30 s.
         "JAX_ENABLE_COMPILATION_CACHE": "false",
@@ -150,10 +160,14 @@ def started_cluster(
 
 
 def run_cluster(
-    workdir: str | os.PathLike, output_dir: str | os.PathLike, log_dir: str | os.PathLike, *worker_arguments: str
+    workdir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    log_dir: str | os.PathLike,
+    *worker_arguments: str,
+    extra_xla_flags: str = "",
 ) -> None:
     """Runs the worker in NUM_PROCESSES processes to the end; fails with their logs on an error or a timeout."""
-    with started_cluster(workdir, output_dir, log_dir, *worker_arguments) as cluster:
+    with started_cluster(workdir, output_dir, log_dir, *worker_arguments, extra_xla_flags=extra_xla_flags) as cluster:
         cluster.wait(CLUSTER_TIMEOUT_SECONDS)
 
 
@@ -242,7 +256,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
 
     cluster_workdir, output_dir = tmp_path / "two_processes", tmp_path / "outputs"
     output_dir.mkdir()
-    run_cluster(str(cluster_workdir), str(output_dir), str(tmp_path))
+    run_cluster(str(cluster_workdir), str(output_dir), str(tmp_path), extra_xla_flags=FAST_COMPILATION_XLA_FLAGS)
 
     for process_index in range(NUM_PROCESSES):
         with open(output_dir / f"process_{process_index}.json") as file:
