@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from tests.conftest import TEST_XLA_FLAGS
 from tests.train.helpers import REPO_ROOT
 
 FASHION_MNIST_FILES = "/usr/share/datasets/fashion-mnist"
@@ -30,7 +31,7 @@ TINY_COMPARISON = [
 
 
 def compare(workdir):
-    environment = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}  # One device: faster.
+    environment = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}  # One device: faster.
     command = [sys.executable, "launch.py", "--config", "configs/compare_fashion_mnist.py", "--workdir", str(workdir)]
     return subprocess.run(
         command + TINY_COMPARISON, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=1200

@@ -12,6 +12,7 @@ from configs import protocol_cifar100, protocol_fashion_mnist, protocol_imagenet
 from hrrl_jax.config_checks import validate_config
 from hrrl_jax.data import loaders
 from hrrl_jax.experiments import compare, protocol
+from tests.conftest import TEST_XLA_FLAGS
 from tests.train.helpers import REPO_ROOT
 
 FASHION_MNIST_FILES = "/usr/share/datasets/fashion-mnist"
@@ -168,7 +169,7 @@ def test_launch_runs_the_protocol_for_a_config_with_arms(tmp_path):
     # before any run, and launch.py reports that in one line.
     command = [sys.executable, "launch.py", "--config", "configs/protocol_fashion_mnist.py", "--workdir", str(tmp_path)]
     flags = ["--config.dataset.name=digits", "--config.dataset.exclude_classes=(7,8,9)"]
-    environment = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+    environment = {**os.environ, "XLA_FLAGS": TEST_XLA_FLAGS}  # One device
     result = subprocess.run(
         command + flags, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=300
     )

@@ -132,10 +132,11 @@ def test_a_signal_during_start_up_interrupts_before_anything_is_written(tmp_path
         raise AssertionError("the signal should have interrupted start-up")
 
     monkeypatch.setattr(loop_module, "build_run", build_run_then_signal)
+    handler_before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a pytest-xdist worker.
     with pytest.raises(RunInterrupted, match="SIGINT received during start-up"):
         train_and_evaluate(tiny_config(total_steps=2), str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["run.lock"] and (tmp_path / "run.lock").read_text() == ""
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # The handlers are put back.
+    assert signal.getsignal(signal.SIGINT) is handler_before  # The handlers are put back.
 
 
 def test_a_failed_background_save_stops_training_at_once_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):

@@ -31,6 +31,7 @@ import pytest
 from hrrl_jax.train.loop import train_and_evaluate
 from hrrl_jax.train.run import build_run
 from hrrl_jax.train.state import abstract_train_state
+from tests.conftest import TEST_XLA_FLAGS
 from tests.train.helpers import (
     CANCELLATION_ALLOWANCE,
     REPO_ROOT,
@@ -56,11 +57,8 @@ CLUSTER_TIMEOUT_SECONDS = 300
 STEPS_LOGGED_BEFORE_SIGNAL = 3
 FIRST_STEPS_TIMEOUT_SECONDS = 240
 STOP_TIMEOUT_SECONDS = 120
-# Without LLVM's optimisations (which reorder no floating-point sum and change nothing of what runs where), a process
-# compiles the model's initialisation in 3 s of CPU instead of 26 and the train step in 8 instead of 15. The resume
-# test builds them three and two times in each process (each `train_and_evaluate` builds its run anew, and the
-# persistent cache cannot serve two processes whose cache keys differ), and trains 4 steps.
-FAST_COMPILATION_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# The processes compile without LLVM's optimisations, as every test does (tests/conftest.py): each process compiles
+# the model's initialisation in 3 s of CPU instead of 26 and the train step in 8 instead of 15.
 # The 8-way sums run in another order across processes (gloo) than in one: leaves agree to the rounding bound
 # of tests/train/helpers.py (`rounding_bound`, `CANCELLATION_ALLOWANCE`), derived, not measured on one host.
 
@@ -116,10 +114,8 @@ def started_cluster(
     output_dir: str | os.PathLike,
     log_dir: str | os.PathLike,
     *worker_arguments: str,
-    extra_xla_flags: str = "",
 ) -> Iterator[Cluster]:
-    """Starts the worker (with `worker_arguments`) in NUM_PROCESSES processes, logging to log_dir/process_I.log;
-    `extra_xla_flags` are appended to their XLA_FLAGS.
+    """Starts the worker (with `worker_arguments`) in NUM_PROCESSES processes, logging to log_dir/process_I.log.
 
     Every process is killed and reaped when the block exits, whatever happens inside it.
     """
@@ -127,7 +123,7 @@ def started_cluster(
     environment = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS} {extra_xla_flags}".strip(),
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS} {TEST_XLA_FLAGS}",
         # On CPU the persistent cache keys differ between processes and only process 0 writes entries: a warm
         # cache lets process 0 skip compiling and wait at the first collective for longer than gloo's 30 s.
         "JAX_ENABLE_COMPILATION_CACHE": "false",
@@ -164,10 +160,9 @@ def run_cluster(
     output_dir: str | os.PathLike,
     log_dir: str | os.PathLike,
     *worker_arguments: str,
-    extra_xla_flags: str = "",
 ) -> None:
     """Runs the worker in NUM_PROCESSES processes to the end; fails with their logs on an error or a timeout."""
-    with started_cluster(workdir, output_dir, log_dir, *worker_arguments, extra_xla_flags=extra_xla_flags) as cluster:
+    with started_cluster(workdir, output_dir, log_dir, *worker_arguments) as cluster:
         cluster.wait(CLUSTER_TIMEOUT_SECONDS)
 
 
@@ -256,7 +251,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
 
     cluster_workdir, output_dir = tmp_path / "two_processes", tmp_path / "outputs"
     output_dir.mkdir()
-    run_cluster(str(cluster_workdir), str(output_dir), str(tmp_path), extra_xla_flags=FAST_COMPILATION_XLA_FLAGS)
+    run_cluster(str(cluster_workdir), str(output_dir), str(tmp_path))
 
     for process_index in range(NUM_PROCESSES):
         with open(output_dir / f"process_{process_index}.json") as file:
