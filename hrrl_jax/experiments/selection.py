@@ -23,8 +23,10 @@ import numpy as np
 from hrrl_jax.evaluate.protocol_report import target_level
 from hrrl_jax.schema import SELECTION_SCORES
 
-# Comparisons of accuracies allow this much float rounding (an accuracy is a count over thousands of examples).
-_ROUNDING = 1e-9
+# Comparisons of accuracies allow their float32 rounding: an accuracy is count / N stored in float32 (relative error
+# at most eps/2), so two equal fractions may differ by up to eps; distinct counts over N <= 10^6 examples differ by
+# at least 1e-6, far more.
+_ROUNDING = float(np.finfo(np.float32).eps)
 
 
 @dataclasses.dataclass(frozen=True)

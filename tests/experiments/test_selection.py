@@ -1,5 +1,6 @@
 """The selection rule and the arms: score by level, the top-1 constraint, ties, combining selected arms."""
 
+import numpy as np
 import pytest
 
 from hrrl_jax.experiments.arms import Arm, ResolvedArm, resolve_arm
@@ -41,6 +42,16 @@ def test_the_best_score_under_the_constraint_is_selected():
     assert select(candidates, threshold=threshold, tie_tolerance=0.0) == "better"
     assert select(candidates[:2], threshold=threshold, tie_tolerance=0.0) == "fair"
     assert select(candidates[1:2], threshold=threshold, tie_tolerance=0.0) is None
+
+
+def test_an_accuracy_equal_to_the_threshold_in_float32_is_selectable():
+    # 3,919 of 4,200 correct is exactly the best ERM arm's 3,961 of 4,200 minus 1 point; both stored in float32.
+    threshold = top1_threshold([float(np.float32(3961 / 4200))], tolerance=0.01)
+    at_threshold = float(np.float32(3919 / 4200))
+    assert at_threshold < threshold  # Float32 rounding puts the equal accuracy 5e-8 below.
+    one_example_fewer = float(np.float32(3918 / 4200))
+    candidates = [Candidate("equal", 0.7, at_threshold), Candidate("one_fewer", 0.8, one_example_fewer)]
+    assert select(candidates, threshold=threshold, tie_tolerance=0.0) == "equal"
 
 
 def test_a_tie_goes_to_the_arm_listed_first():
