@@ -5,7 +5,7 @@ import tempfile
 
 # LLVM's optimisation of the compiled CPU code is off: the tests' tiny models spend far more time compiling than
 # running (tests/train/test_accumulation.py: 296 s of CPU with it, 139 s without), and the XLA program (HLO) is the
-# same. The tests of other instruction sets and of several processes set their own flags.
+# same. The tests of other instruction sets compile fully optimised (their point); the subprocess tests pass these on.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

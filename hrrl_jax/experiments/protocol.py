@@ -271,17 +271,15 @@ def run_selection(config: ml_collections.ConfigDict, workdir: str) -> Selection:
             stand_in = None
             if choice is None and compare.stand_in_unselectable:
                 stand_in = highest_score(candidates, tie_tolerance=compare.tie_tolerance)
-            if choice is not None:
-                entries[choice]["selected"] = True
-            if stand_in is not None:
-                entries[stand_in]["stand_in"] = True
-            if choice or stand_in:
-                selected[family] = next(arm for arm in resolved if arm.name == (choice or stand_in))
+            chosen = choice or stand_in  # The arm the family's label stands for in combinations and confirmation.
+            if chosen is not None:
+                entries[chosen]["selected" if choice else "stand_in"] = True
+                selected[family] = next(arm for arm in resolved if arm.name == chosen)
             family_log[family] = {
                 "tried": len(trained),
                 "selected": choice,
-                "settings": entries[choice or stand_in]["settings"] if choice or stand_in else None,
-                "score": entries[choice or stand_in]["score"] if choice or stand_in else None,
+                "settings": entries[chosen]["settings"] if chosen else None,
+                "score": entries[chosen]["score"] if chosen else None,
             }
             if compare.stand_in_unselectable:
                 family_log[family]["stand_in"] = stand_in
