@@ -167,6 +167,13 @@ def time_config_pairs(args: argparse.Namespace) -> list[dict[str, Any]]:
             {
                 "method": method,
                 "robust": (erm_config if method == "erm" else config).robust.to_dict(),
+                "job": {
+                    "dataset": config.dataset.name,
+                    "model": config.model.to_dict(),
+                    "image_shape": list(run.train_pipeline.output_shape),
+                    "batch_size": config.batch_size,
+                    "precision": config.precision,
+                },
                 "step_ms": 1000 * step_seconds,
                 "step_ms_windows": [1000 * t for t in windows[method]],
                 "ms_per_image": 1000 * step_seconds / config.batch_size,
@@ -440,15 +447,17 @@ def main(argv: list[str]) -> None:
         erm = next((row for row in rows if row["method"] == "erm" and "step_ms" in row), None)
         for row in rows:
             row["ratio_to_erm"] = row["step_ms"] / erm["step_ms"] if erm and "step_ms" in row else None
+    # With --config the job's model, size, batch and precision are the config's (in each row), not these flags.
+    ignored = ("model", "width", "image_size", "batch_size", "precision", "labels_like") if args.config else ()
     setup = {
-        "args": vars(args),
+        "args": {key: value for key, value in vars(args).items() if key not in ignored},
         "date": datetime.date.today().isoformat(),
         "device_kind": jax.devices()[0].device_kind,
         "device_count": jax.device_count(),
         "jax": jax.__version__,
         "python": platform.python_version(),
     }
-    print(f"{setup['device_count']} x {setup['device_kind']}, jax {setup['jax']}, {vars(args)}")
+    print(f"{setup['device_count']} x {setup['device_kind']}, jax {setup['jax']}, {setup['args']}")
     print(format_table(rows))
     if args.json:
         with open(args.json, "w") as file:

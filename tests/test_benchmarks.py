@@ -107,8 +107,12 @@ def test_config_mode_times_the_config_against_its_erm_in_alternated_pairs(tmp_pa
     flags = ["--windows", "3", "--steps-per-window", "1", "--warmup-steps", "1", "--json", str(out)]
     overrides = ["--override", "robust.input_gradient='clean_pass'", "--override", "robust.input_beta=0.5"]
     step_throughput.main(["--config", str(path), "--methods", "erm,config", *overrides, *flags])
-    erm, robust = json.loads(out.read_text())["rows"]
+    written = json.loads(out.read_text())
+    erm, robust = written["rows"]
     assert (erm["method"], robust["method"]) == ("erm", "config")
+    assert "model" not in written["setup"]["args"]  # The config's job is timed, not the synthetic flags' defaults.
+    assert robust["job"]["model"]["width"] == 4 and robust["job"]["batch_size"] == 32
+    assert robust["job"]["dataset"] == "digits" and robust["job"]["image_shape"][-1] == 1
     assert erm["robust"]["method"] == "erm" and robust["robust"]["method"] == "el"
     assert robust["robust"]["input_gradient"] == "clean_pass" and robust["robust"]["input_beta"] == 0.5
     pairs = [config_time / erm_time for erm_time, config_time in zip(erm["step_ms_windows"], robust["step_ms_windows"])]
