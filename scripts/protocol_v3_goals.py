@@ -53,6 +53,12 @@ def difference(summaries: Mapping, method: str, reference: str, measure: str) ->
     return 100 * paired["mean"], 100 * low, 100 * high
 
 
+def shown(label: str, value: tuple[float, float, float]) -> str:
+    """`label: +1.19 [−0.26, +2.65]` for a (mean, low, high) difference."""
+    mean, low, high = value
+    return f"{label}: {mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
 def target_measures(record: Mapping[str, Any]) -> list[str]:
     measures = record_measures(record)
     return [name for section in TARGET_SECTIONS for name in measures.get(section, {})]
@@ -65,10 +71,6 @@ def judge(confirmation: Mapping[str, Any]) -> list[tuple[str, bool, str]]:
     methods = list(summaries)
     erm, el, cl = (starred_label(methods, family) for family in ("erm", "el", "cl"))
     hrrl, control = starred_label(methods, "hrrl"), starred_label(methods, "control")
-
-    def text(method: str, reference: str, measure: str) -> str:
-        mean, low, high = difference(summaries, method, reference, measure)
-        return f"{method} − {reference} {measure}: {mean:+.2f} [{low:+.2f}, {high:+.2f}]"
 
     hrrl_family = confirmation["families"]["hrrl"]
     goals = [
@@ -89,18 +91,19 @@ def judge(confirmation: Mapping[str, Any]) -> list[tuple[str, bool, str]]:
             "2. HRRL* − ERM*: top-1 ≥ −0.3, worst concept ≥ +1.0 with interval > 0, probe gains ≥ 0.8 x EL*'s",
             top1[0] >= -0.3 and worst[0] >= 1.0 and worst[1] > 0 and all(ok for *_, ok in ratios),
             "; ".join(
-                [text(hrrl, erm, "source top-1"), text(hrrl, erm, "source worst concept")]
+                [shown(f"{hrrl} − {erm} source top-1", top1), shown(f"{hrrl} − {erm} source worst concept", worst)]
                 + [f"{probe} gain {gain:+.2f} vs {el}'s {el_gain:+.2f}" for probe, gain, el_gain, _ in ratios]
             ),
         )
     )
-    worst_vs_el = difference(summaries, hrrl, el, "source worst concept")[0]
-    shifts_vs_cl = difference(summaries, hrrl, cl, SHIFT_PROBE_MEAN)[0]
+    worst_vs_el = difference(summaries, hrrl, el, "source worst concept")
+    shifts_vs_cl = difference(summaries, hrrl, cl, SHIFT_PROBE_MEAN)
     goals.append(
         (
             "3. HRRL* ≥ EL* on the worst concept and ≥ CL* on the shifts' mean probe",
-            worst_vs_el >= 0 and shifts_vs_cl >= 0,
-            f"{text(hrrl, el, 'source worst concept')}; {text(hrrl, cl, SHIFT_PROBE_MEAN)}",
+            worst_vs_el[0] >= 0 and shifts_vs_cl[0] >= 0,
+            f"{shown(f'{hrrl} − {el} source worst concept', worst_vs_el)}; "
+            f"{shown(f'{hrrl} − {cl} {SHIFT_PROBE_MEAN}', shifts_vs_cl)}",
         )
     )
     wins = [m for m in target_measures(records[0]) if difference(summaries, el, erm, m)[1] > 0]
@@ -109,7 +112,7 @@ def judge(confirmation: Mapping[str, Any]) -> list[tuple[str, bool, str]]:
         (
             "4. EL* − control > 0 (interval) where EL* beats ERM*",
             bool(wins) and all(low > 0 for _, low, _ in against_control.values()),
-            "; ".join(f"{m}: {mean:+.2f} [{low:+.2f}, {high:+.2f}]" for m, (mean, low, high) in against_control.items())
+            "; ".join(shown(measure, value) for measure, value in against_control.items())
             or f"{el} beats {erm} on no target measure",
         )
     )
