@@ -240,6 +240,7 @@ RULES: dict[str, Check] = {
     "compare.sweep_seeds": _SEEDS,
     "compare.targets": _sequence_of(_one_of(COMPARISON_TARGETS), f"a tuple of {COMPARISON_TARGETS}"),
     "compare.probe_train_examples": _POSITIVE_INTEGER,
+    "compare.probe_l2_grid": _sequence_of(_NON_NEGATIVE, "a non-empty tuple of numbers >= 0", non_empty=True),
     "compare.write_report": _boolean,
     "compare.notes": _text,
     "compare.arms": _arm_list,  # Each arm's entries are checked by _check_arms.

@@ -39,6 +39,7 @@ STEMS = ("small", "imagenet", "auto")
 BATCH_NORM_VARIANCES = ("shifted_one_pass", "one_pass", "two_pass")
 KNOWN_DATASETS = ("fashion_mnist", "digits", "cifar10", "cifar100", "imagenet2012")
 KNOWN_SHIFTS = ("lowres2", "lowres4", "rotate30", "blur", "noise")
+PROBE_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # The linear probe's default L2 strengths (evaluate/probe.py).
 SHIFT_MARKER = "_shift/"  # `<base>_shift/<shift>`: a base data set with one appearance shift.
 SPLIT_PATTERN = re.compile(r"^(?P<split>\w+)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
 HOLDOUT_SPLIT = "holdout"  # `dataset.test_split`: the training rows held out by `dataset.validation_fraction`.
@@ -136,6 +137,8 @@ def default_compare_config() -> ml_collections.ConfigDict:
     config.sweep_seeds = (0,)
     config.targets = ()  # Any of COMPARISON_TARGETS.
     config.probe_train_examples = 10_000
+    # The linear probes' L2 strengths: each probe picks one on a validation split of its training features.
+    config.probe_l2_grid = PROBE_L2_GRID
     config.write_report = True  # False: only train and evaluate runs (to share them over processes).
     config.notes = ""
     # The selection protocol (hrrl_jax/experiments/protocol.py) runs instead of the comparison above when `arms` is

@@ -13,3 +13,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # short its compilation (jax caches only compilations of at least 1 s by default).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "hrrl_jax_test_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def pytest_collection_modifyitems(items):
+    """The `slow` tests (clusters, end-to-end experiments, minutes each) first, in their collected order: pytest-xdist
+    hands out tests in this order, so the short ones fill the workers' gaps at the end instead of one worker running
+    the last long test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

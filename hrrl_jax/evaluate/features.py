@@ -99,11 +99,20 @@ def extract_features(
         num_workers=trained.config.dataset.num_workers,
     )
     variables = jax.device_put(trained.variables, replicated)
-    normalise = functools.partial(normalise_images, mean=split.info.mean, std=split.info.std)
-    embed = jax.jit(functools.partial(_features, trained.model, normalise), out_shardings=replicated)
+    embed = _embedding_function(trained.model, tuple(split.info.mean), tuple(split.info.std), replicated)
     chunks = [np.asarray(embed(variables, batch["image"])) for batch in pipeline.eval_batches()]
     features = np.concatenate(chunks)[: len(split)] if chunks else np.zeros((0, 0), np.float32)
     return features.astype(np.float32), np.asarray(split.labels, np.int32)
+
+
+@functools.cache
+def _embedding_function(
+    model: Any, mean: tuple[float, ...], std: tuple[float, ...], out_sharding: jax.sharding.Sharding
+) -> Callable[[dict[str, Any], jax.Array], jax.Array]:
+    """The jitted (variables, uint8 images) -> features of `model` under this normalisation, one per distinct
+    argument set: every extraction with an equal model (flax modules compare by their fields) reuses its traces."""
+    normalise = functools.partial(normalise_images, mean=mean, std=std)
+    return jax.jit(functools.partial(_features, model, normalise), out_shardings=out_sharding)
 
 
 def _features(

@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-DEFAULT_L2_GRID: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+from hrrl_jax.schema import PROBE_L2_GRID
+
+DEFAULT_L2_GRID: tuple[float, ...] = PROBE_L2_GRID
 # Features whose training std is below this are constant: they are centred and left unscaled.
 _MIN_FEATURE_STD = 1e-6
 

@@ -24,7 +24,7 @@ from hrrl_jax.evaluate import plots, report
 from hrrl_jax.evaluate.features import TrainedModel, extract_features, load_trained_model
 from hrrl_jax.evaluate.probe import evaluate_linear_probe
 from hrrl_jax.evaluate.retrieval import recall_at_k
-from hrrl_jax.schema import OTHER_DATASET_TARGETS
+from hrrl_jax.schema import OTHER_DATASET_TARGETS, PROBE_L2_GRID
 from hrrl_jax.train.loop import train_and_evaluate
 from hrrl_jax.workdir import WorkDir
 
@@ -69,9 +69,15 @@ def target_splits(config: ml_collections.ConfigDict, name: str) -> tuple[SplitDa
 
 
 def evaluate_target(
-    trained: TrainedModel, splits: tuple[SplitData, SplitData], *, probe_train_examples: int, seed: int
+    trained: TrainedModel,
+    splits: tuple[SplitData, SplitData],
+    *,
+    probe_train_examples: int,
+    seed: int,
+    probe_l2_grid: tuple[float, ...] = PROBE_L2_GRID,
 ) -> dict[str, float]:
-    """Linear-probe test accuracy and Recall@1 of the frozen features on one target."""
+    """Linear-probe test accuracy (its L2 chosen from `probe_l2_grid`) and Recall@1 of the frozen features on one
+    target."""
     train_split, test_split = splits
     if len(train_split) > probe_train_examples:
         rows = np.sort(np.random.default_rng(seed).choice(len(train_split), probe_train_examples, replace=False))
@@ -84,6 +90,7 @@ def evaluate_target(
         test_features,
         test_labels,
         num_classes=test_split.info.num_classes,
+        l2_grid=probe_l2_grid,
         seed=seed,
     )
     return {"probe": probe["test_accuracy"], "recall_at_1": recall_at_k(test_features, test_labels, k=1)}
@@ -96,6 +103,7 @@ def run_record(
     *,
     targets: Mapping[str, Callable[[], Any]],
     probe_train_examples: int,
+    probe_l2_grid: tuple[float, ...] = PROBE_L2_GRID,
 ) -> dict[str, Any]:
     """Trains (or reuses) one run and evaluates (or reuses) its transfer results.
 
@@ -110,7 +118,13 @@ def run_record(
     else:
         trained = load_trained_model(workdir)
         transfer = {
-            name: evaluate_target(trained, splits(), probe_train_examples=probe_train_examples, seed=config.seed)
+            name: evaluate_target(
+                trained,
+                splits(),
+                probe_train_examples=probe_train_examples,
+                seed=config.seed,
+                probe_l2_grid=probe_l2_grid,
+            )
             for name, splits in targets.items()
         }
         with open(transfer_path, "w") as file:
@@ -172,6 +186,7 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str) -> list[dict
             label,
             targets=targets,
             probe_train_examples=compare.probe_train_examples,
+            probe_l2_grid=tuple(compare.probe_l2_grid),
         )
 
     main_records = [

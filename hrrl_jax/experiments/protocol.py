@@ -61,13 +61,23 @@ from hrrl_jax.experiments.selection import (
     selection_score,
     top1_threshold,
 )
-from hrrl_jax.schema import HOLDOUT_SPLIT, REFERENCE_FAMILY
+from hrrl_jax.schema import HOLDOUT_SPLIT, PROBE_L2_GRID, REFERENCE_FAMILY
 from hrrl_jax.workdir import WorkDir
 from hrrl_jax.workdir.layout import config_changes
 
 # The config values a run's target figures depend on (besides the run itself): a change measures them again.
 _MEASUREMENT_KEYS = ("targets", "few_shot_targets", "few_shot_shots", "within_concept_shots", "few_shot_draws")
 _MEASUREMENT_KEYS += ("draw_seed", "probe_train_examples")
+
+
+def _measurement_settings(compare: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The values of `_MEASUREMENT_KEYS`, and `probe_l2_grid` where it is not the default grid (measurements
+    recorded before that key existed used the default and stay valid)."""
+    values = _as_json(compare)
+    settings = {key: values[key] for key in _MEASUREMENT_KEYS}
+    if tuple(compare.probe_l2_grid) != PROBE_L2_GRID:
+        settings["probe_l2_grid"] = values["probe_l2_grid"]
+    return settings
 
 
 @dataclasses.dataclass
@@ -125,8 +135,7 @@ def protocol_record(
     run_directory = WorkDir(os.path.join(workdir, "runs", arm.run_name, f"seed{seed}"))
     _check_reusable(run_directory, single)
     results = trained_results(single, run_directory.path)
-    compare_values = _as_json(compare)
-    settings = {key: compare_values[key] for key in _MEASUREMENT_KEYS}
+    settings = _measurement_settings(compare)
     path = run_directory.file(f"{phase}_targets.json")
     measured = None
     if os.path.exists(path):
@@ -143,6 +152,7 @@ def protocol_record(
                     trained,
                     targets[name](),
                     few_shot_shots=tuple(compare.few_shot_shots) if name in compare.few_shot_targets else (),
+                    probe_l2_grid=tuple(compare.probe_l2_grid),
                     **options,
                 )
                 for name in compare.targets

@@ -29,7 +29,7 @@ from hrrl_jax.evaluate.features import TrainedModel, extract_features
 from hrrl_jax.evaluate.few_shot import few_shot_accuracy, within_concept_few_shot
 from hrrl_jax.evaluate.probe import fit_linear_probe, probe_predictions
 from hrrl_jax.evaluate.retrieval import recall_at_k
-from hrrl_jax.schema import OTHER_DATASET_TARGETS, SHIFT_MARKER
+from hrrl_jax.schema import OTHER_DATASET_TARGETS, PROBE_L2_GRID, SHIFT_MARKER
 
 WITHIN_CONCEPT = "within_concept"
 SELECTION, CONFIRMATION = "selection", "confirmation"
@@ -108,12 +108,16 @@ def evaluate_target(
     few_shot_shots: tuple[int, ...],
     num_draws: int,
     draw_seed: int,
+    probe_l2_grid: tuple[float, ...] = PROBE_L2_GRID,
 ) -> dict[str, Any]:
-    """Probe (with per-concept accuracy and worst concept), Recall@1 (plain and centred), few-shot accuracies."""
+    """Probe (with per-concept accuracy and worst concept; its L2 chosen from `probe_l2_grid`), Recall@1 (plain and
+    centred), few-shot accuracies."""
     pool_features, pool_labels = extract_features(trained, data.pool)
     features, labels = extract_features(trained, data.evaluation)
     info = data.evaluation.info
-    probe = fit_linear_probe(pool_features, pool_labels, num_classes=info.num_classes, seed=draw_seed)
+    probe = fit_linear_probe(
+        pool_features, pool_labels, num_classes=info.num_classes, l2_grid=probe_l2_grid, seed=draw_seed
+    )
     predictions = np.asarray(probe_predictions(probe, features))
     by_concept = per_concept_accuracy(predictions, labels, info.hierarchy)
     worst_name, worst_accuracy = worst_concept(by_concept)

@@ -67,3 +67,17 @@ def test_user_images_of_another_size_and_channels(trained_workdir, tmp_path):
 def test_cli_needs_exactly_one_input(trained_workdir, tmp_path):
     with pytest.raises(SystemExit):
         features_cli.main(["--workdir", str(trained_workdir), "--out", str(tmp_path / "x.npz")])
+
+
+def test_extractions_with_equal_models_share_one_trace(trained_workdir, monkeypatch):
+    # A protocol run embeds a dozen splits and every run of one config has an equal model: tracing the network once
+    # per extraction cost a protocol test more than its training.
+    traces = []
+    plain_features = features_cli._features
+    monkeypatch.setattr(features_cli, "_features", lambda *args: traces.append(1) or plain_features(*args))
+    features_cli._embedding_function.cache_clear()
+    test = load_split("digits", "test")
+    first = features_cli.extract_features(features_cli.load_trained_model(str(trained_workdir)), test)
+    again = features_cli.extract_features(features_cli.load_trained_model(str(trained_workdir)), test.select(range(9)))
+    assert len(traces) == 1
+    np.testing.assert_array_equal(again[0], first[0][:9])

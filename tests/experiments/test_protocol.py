@@ -21,6 +21,9 @@ TINY_BUDGET = {"total_steps": 3, "batch_size": 16, "log_every_steps": 1, "checkp
 # 8 px the forward pass costs a fifth of 28 px, and evaluating in batches of 512 saves the per-batch overhead.
 TINY_IMAGE_SIZE = 8
 TINY_EVAL_BATCH_SIZE = 512
+# Every probe fits each strength and refits the chosen one (L-BFGS, up to 100 steps): two strengths exercise the
+# choice; the configs' six decades would triple the probes' cost.
+TINY_PROBE_L2_GRID = (1e-4, 1e-2)
 
 
 def tiny(config, *, arms, **compare_values):
@@ -37,6 +40,7 @@ def tiny(config, *, arms, **compare_values):
     config.compare.post_hoc_arms = ()
     config.compare.few_shot_draws = 2
     config.compare.confirmation_seeds = (1, 2)
+    config.compare.probe_l2_grid = TINY_PROBE_L2_GRID
     for key, value in compare_values.items():
         config.compare[key] = value
     validate_config(config)
@@ -92,6 +96,7 @@ def test_fashion_mnist_protocol_end_to_end_and_reuse(tmp_path, split_reads, monk
     for record in records:
         assert record["targets"]["held_out"]["num_evaluation_examples"] == 3000  # The test images of 3 classes.
         assert record["targets"]["digits"]["few_shot"]["5"]["accuracies"] and 0 <= record["source"]["test_accuracy"]
+        assert {target["probe_l2"] for target in record["targets"].values()} <= set(TINY_PROBE_L2_GRID)
     # The same pool, hence the same support images, for every method.
     assert len({r["targets"]["digits"]["num_pool_examples"] for r in records}) == 1
     report = (tmp_path / "confirmation.md").read_text()
@@ -119,6 +124,7 @@ def test_cifar100_protocol_config_end_to_end_on_mock_data(tmp_path, split_reads)
         few_shot_shots=(1,),
         within_concept_shots=(1,),
         probe_train_examples=1_500,
+        probe_l2_grid=(1e-3,),  # 100 classes: one strength, one fit and its refit per probe.
         confirmation_seeds=(1,),
     )
     loaders._tfds_arrays.cache_clear()  # Arrays an earlier test read under another mock size.
@@ -151,6 +157,7 @@ def test_imagenet_protocol_config_end_to_end_on_the_jpeg_fixture(tmp_path, split
         few_shot_shots=(1,),
         within_concept_shots=(1,),
         probe_train_examples=3_000,
+        probe_l2_grid=(1e-3,),  # 1,000 classes: one strength, one fit and its refit per probe.
         confirmation_seeds=(1,),
     )
     config.dataset.data_dir = data_dir

@@ -6,6 +6,7 @@ from configs import protocol_fashion_mnist
 from hrrl_jax import schema
 from hrrl_jax.config_checks import validate_config
 from hrrl_jax.errors import ConfigError
+from hrrl_jax.experiments import protocol
 from hrrl_jax.experiments.arms import arms_from_config
 
 RANDOM = {"input_direction": "random"}
@@ -147,3 +148,18 @@ def test_the_v2_config_still_validates_with_its_methods_as_families():
     assert all(arm.family == arm.method for arm in arms)
     assert list(dict.fromkeys(arm.family for arm in arms)) == ["erm", "el", "cl", "hrrl", "group_dro"]
     assert [arm.combine for arm in arms if arm.family == "hrrl"] == [("cl", "el")] * 2
+
+
+def test_the_probe_l2_grid_is_a_non_empty_tuple_of_strengths():
+    validate_config(protocol_config(probe_l2_grid=(0.0, 1e-3)))
+    for grid in ((), (-1e-3,), (float("inf"),)):
+        with pytest.raises(ConfigError, match=r"^config.compare.probe_l2_grid=.*: must be a non-empty tuple of num"):
+            validate_config(protocol_config(probe_l2_grid=grid))
+
+
+def test_the_probe_l2_grid_keys_the_recorded_measurements_only_when_not_the_default():
+    # Measurements recorded before the key existed used the default grid: they must stay valid, not be redone.
+    compare = protocol_config().compare
+    assert "probe_l2_grid" not in protocol._measurement_settings(compare)
+    compare.probe_l2_grid = (1e-3, 1e-1)
+    assert protocol._measurement_settings(compare)["probe_l2_grid"] == [1e-3, 1e-1]

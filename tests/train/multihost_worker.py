@@ -36,8 +36,8 @@ TOTAL_STEPS = 4
 INTERRUPT_AT_STEP = 2
 # The preemption test signals after 3 logged steps; the stop comes at JAX's preemption sync point, the step after
 # the furthest one a process has reached when the notice spreads (a step or two later at about 1 s per step on 2
-# CPU cores). 40 leaves room for a slow machine and keeps the interrupted, resumed and reference runs short.
-PREEMPTION_TOTAL_STEPS = 40
+# CPU cores). 20 leaves room for a slow machine and keeps the interrupted, resumed and reference runs short.
+PREEMPTION_TOTAL_STEPS = 20
 
 
 def multihost_config() -> ml_collections.ConfigDict:

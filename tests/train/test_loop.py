@@ -18,6 +18,7 @@ from hrrl_jax.train import evaluation
 from hrrl_jax.train.loop import NonFiniteLossError, train_and_evaluate
 from hrrl_jax.train.run import build_run
 from hrrl_jax.workdir import CheckpointError, WorkDir
+from tests.conftest import TEST_XLA_FLAGS
 from tests.train.helpers import (
     CANCELLATION_ALLOWANCE,
     REPO_ROOT,
@@ -173,48 +174,31 @@ def test_the_train_step_is_traced_once(monkeypatch):
         run.trainer.jitted_train_step(state, {key: value[:16] for key, value in batch.items()})
 
 
-OLDER_INSTRUCTION_SETS = ("AVX2", "SSE4_2")
-
-
-@pytest.fixture(scope="module")
-def older_instruction_set_runs(tmp_path_factory):
-    """test_eight_devices_match_one_device (both variances) in one pytest process per instruction set, all started at
-    once: each compiles on one core, so two cores run both in the time of one. {isa: (process, output path)}."""
-    runs = {}
-    try:
-        for isa in OLDER_INSTRUCTION_SETS:
-            directory = tmp_path_factory.mktemp(f"isa_{isa}")
-            environment = {
-                **os.environ,
-                "XLA_FLAGS": f"--xla_force_host_platform_device_count=8 --xla_cpu_max_isa={isa}",
-                # A cache of this process's own, empty at the start: every executable is compiled under `isa`,
-                # and the model's initialisation, the same for both variances, is compiled once, not twice.
-                "JAX_ENABLE_COMPILATION_CACHE": "true",
-                "JAX_COMPILATION_CACHE_DIR": str(directory / "compilation_cache"),
-            }
-            command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/train/test_loop.py",
-                       "-k", "test_eight_devices_match_one_device and not older"]  # fmt: skip
-            output_path = directory / "pytest.log"
-            with open(output_path, "w") as output:
-                process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=output, stderr=output)
-            runs[isa] = (process, output_path)
-        yield runs
-    finally:
-        for process, _ in runs.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+# XLA's CPU code restricted to SSE4.2 sums in another order than the AVX-512 (or AVX2) code of a current CPU: the
+# 3-step HRRL run's loss differs in its last bits (1 device: 1.9676107 against 1.9676101; 8 devices: 1.9676094
+# against 1.9676096; without LLVM's optimisations, as every test compiles). AVX2 gave the same bits as AVX-512 on
+# the 2-core Xeon, with and without those optimisations, so it tested no other order; SSE4.2, the oldest level
+# XLA accepts, does on any x86 CPU.
+OLDER_INSTRUCTION_SET = "SSE4_2"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("isa", OLDER_INSTRUCTION_SETS)
-def test_eight_devices_match_one_device_on_older_instruction_sets(older_instruction_set_runs, isa):
-    """The same bounds hold when XLA may not use AVX-512 (another reduction order), as on older CPUs."""
-    process, output_path = older_instruction_set_runs[isa]
-    returncode = process.wait(timeout=600)
-    output = output_path.read_text()
-    assert returncode == 0, output[-3000:]
-    assert "2 passed" in output
+def test_eight_devices_match_one_device_on_an_older_instruction_set(tmp_path):
+    """The same bounds hold for another reduction order, as on older CPUs: test_eight_devices_match_one_device (both
+    variances) in a pytest process whose XLA may not use instructions newer than SSE4.2."""
+    flags = f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS} --xla_cpu_max_isa={OLDER_INSTRUCTION_SET}"
+    environment = {
+        **os.environ,
+        "XLA_FLAGS": flags,
+        # A cache of this process's own, empty at the start: every executable is compiled for the older instructions.
+        "JAX_ENABLE_COMPILATION_CACHE": "true",
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "compilation_cache"),
+    }
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/train/test_loop.py",
+               "-k", "test_eight_devices_match_one_device and not older"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "2 passed" in result.stdout
 
 
 def test_a_warm_up_longer_than_the_run_in_epochs_is_a_config_error_before_training(tmp_path):
