@@ -29,7 +29,7 @@ def create_model(
     """Builds the model ``name`` (one of ``MODEL_NAMES``).
 
     Args:
-        name: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
+        name: ``resnet10``, ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
         num_classes: outputs of the linear head.
         width: channels of the first stage (64 is the standard ResNet; small values make tiny nets).
         stem: ``"small"``, ``"imagenet"`` or ``"auto"`` (ImageNet stem for inputs of side >= 128).

@@ -254,6 +254,7 @@ class ResNet(nn.Module):
 
 # Name -> (blocks per stage, block type) of the standard depths.
 RESNET_ARCHITECTURES = {
+    "resnet10": ((1, 1, 1, 1), BasicBlock),
     "resnet18": ((2, 2, 2, 2), BasicBlock),
     "resnet34": ((3, 4, 6, 3), BasicBlock),
     "resnet50": ((3, 4, 6, 3), BottleneckBlock),

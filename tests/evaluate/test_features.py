@@ -25,7 +25,7 @@ def test_dataset_features_have_the_right_shapes(trained_workdir, tmp_path):
     saved = np.load(out)
     test = load_split("digits", "test")
     assert saved["features"].dtype == np.float32
-    assert saved["features"].shape == (len(test), 4 * 8)  # ResNet-18 features: 8 x width.
+    assert saved["features"].shape == (len(test), 4 * 8)  # ResNet features: 8 x width.
     np.testing.assert_array_equal(saved["labels"], test.labels)
     assert np.isfinite(saved["features"]).all() and saved["features"].std() > 0
 

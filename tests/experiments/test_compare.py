@@ -15,6 +15,7 @@ TINY_COMPARISON = [
     "--config.num_epochs=None",
     "--config.total_steps=4",
     "--config.batch_size=32",
+    "--config.model.name=resnet10",
     "--config.model.width=4",
     # Evaluating and embedding every test image of the source and the targets, once per run, costs most of the test:
     # 8 px images cost a fifth of the forward pass at 28 px, batches of 512 the per-batch overhead of 32.

@@ -32,6 +32,7 @@ def tiny(config, *, arms, **compare_values):
         config[key] = value
     config.eval_batch_size = TINY_EVAL_BATCH_SIZE
     config.dataset.image_size = TINY_IMAGE_SIZE
+    config.model.name = "resnet10"
     config.model.width = 4
     config.precision = "float32"
     config.optimizer.warmup_steps = 0

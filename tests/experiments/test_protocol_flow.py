@@ -37,7 +37,7 @@ CONFIRMATION_TOP1 = {"erm": {1: 0.851, 2: 0.851}, "el": {1: 0.862, 2: 0.864}}  #
 
 
 def protocol_config(arms=ARMS):
-    config = tiny_config(total_steps=3, log_every_steps=1)  # digits, width-4 ResNet-18
+    config = tiny_config(total_steps=3, log_every_steps=1)  # digits, width-4 ResNet-10
     config.dataset.exclude_classes = (7, 8, 9)
     config.dataset.validation_fraction = 0.2
     config.compare = schema.default_compare_config()

@@ -220,7 +220,11 @@ def test_earlier_modes_compute_what_flax_batch_norm_computes(variance, use_fast_
         jax.tree.map(np.testing.assert_array_equal, got, expected)
 
 
-@pytest.mark.parametrize("name, expected, feature_dim", [("resnet18", 11_689_512, 512), ("resnet50", 25_557_032, 2048)])
+# ResNet-10: stem 9,536 + stages 73,984 + 230,144 + 919,040 + 3,673,088 + head 513,000 (BasicBlocks, one a stage).
+@pytest.mark.parametrize(
+    "name, expected, feature_dim",
+    [("resnet10", 5_418_792, 512), ("resnet18", 11_689_512, 512), ("resnet50", 25_557_032, 2048)],
+)
 def test_standard_parameter_counts(name, expected, feature_dim):
     model = create_model(name, num_classes=1000)
     shapes = _abstract_variables(model, (1, 224, 224, 3))
@@ -244,8 +248,8 @@ def test_count_flops_is_per_example():
 
 
 def test_unknown_names_and_bad_arguments_are_rejected():
-    assert MODEL_NAMES == ("resnet18", "resnet34", "resnet50", "resnet101")
-    with pytest.raises(ValueError, match="resnet18, resnet34, resnet50, resnet101"):
+    assert MODEL_NAMES == ("resnet10", "resnet18", "resnet34", "resnet50", "resnet101")
+    with pytest.raises(ValueError, match="resnet10, resnet18, resnet34, resnet50, resnet101"):
         create_model("vgg16", num_classes=10)
     with pytest.raises(ValueError, match="stem"):
         create_model("resnet18", num_classes=10, stem="large")

@@ -24,7 +24,7 @@ from hrrl_jax.train.run import build_run
 from hrrl_jax.train.steps import per_example_losses
 from tests.train.helpers import relative_deviation, rounding_bound, tiny_config, train_on_one_and_all_devices
 
-# Each case trains ResNet-18 steps end to end: the full suite runs them, the fast tier leaves them out.
+# Each case trains ResNet-10 steps end to end: the full suite runs them, the fast tier leaves them out.
 pytestmark = pytest.mark.slow
 
 STEPS = 2  # Micro-batches of 16 rows out of the tiny config's 32.
