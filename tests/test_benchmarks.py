@@ -21,8 +21,8 @@ def run_benchmark(tmp_path, *flags: str) -> list[dict]:
 
 
 # Batch 32 at 32 px: activations, not parameters, dominate the memory traffic of a step (measured 85.6 vs 94.0 MiB
-# for the one- and two-pass BatchNorm variances of the width-4 ResNet-10), so the timed rows' ERM step, at the default variance
-# (shifted_one_pass), is also the first of the variances compared below: one compilation fewer.
+# for the one- and two-pass BatchNorm variances of the width-4 ResNet-10), so the timed rows' ERM step, at the
+# default variance (shifted_one_pass), is also the first of the variances compared below: one compilation fewer.
 ACTIVATION_BOUND = ["--batch-size", "32", "--image-size", "32"]
 
 
