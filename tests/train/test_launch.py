@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.train.helpers import REPO_ROOT, tiny_flags
+from hrrl_jax.train.loop import train_and_evaluate
+from tests.train.helpers import REPO_ROOT, tiny_config, tiny_flags
 
 
 def launch(workdir, *flags, timeout=300):
@@ -239,7 +240,7 @@ def test_the_features_cli_errors_are_one_line(tmp_path):
         [*features, "--workdir", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert missing.returncode == 1 and "is not a training work directory" in one_line_error(missing)
-    assert launch(tmp_path / "run", *tiny_flags(total_steps=2), timeout=300).returncode == 0
+    train_and_evaluate(tiny_config(total_steps=2), str(tmp_path / "run"))  # In-process: the CLI is under test here.
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     config["model"]["width"] = 8
     (tmp_path / "run" / "config.json").write_text(json.dumps(config))
