@@ -61,23 +61,25 @@ from hrrl_jax.experiments.selection import (
     selection_score,
     top1_threshold,
 )
-from hrrl_jax.schema import HOLDOUT_SPLIT, PROBE_L2_GRID, REFERENCE_FAMILY
+from hrrl_jax.schema import HOLDOUT_SPLIT, REFERENCE_FAMILY, default_compare_config
 from hrrl_jax.workdir import WorkDir
 from hrrl_jax.workdir.layout import config_changes
 
 # The config values a run's target figures depend on (besides the run itself): a change measures them again.
 _MEASUREMENT_KEYS = ("targets", "few_shot_targets", "few_shot_shots", "within_concept_shots", "few_shot_draws")
-_MEASUREMENT_KEYS += ("draw_seed", "probe_train_examples")
+_MEASUREMENT_KEYS += ("draw_seed", "probe_train_examples", "probe_l2_grid")
 
 
 def _measurement_settings(compare: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The values of `_MEASUREMENT_KEYS`, and `probe_l2_grid` where it is not the default grid (measurements
-    recorded before that key existed used the default and stay valid)."""
+    """The values of `_MEASUREMENT_KEYS` in `compare`, as recorded beside the measured figures."""
     values = _as_json(compare)
-    settings = {key: values[key] for key in _MEASUREMENT_KEYS}
-    if tuple(compare.probe_l2_grid) != PROBE_L2_GRID:
-        settings["probe_l2_grid"] = values["probe_l2_grid"]
-    return settings
+    return {key: values[key] for key in _MEASUREMENT_KEYS}
+
+
+def _measured_under(recorded: Mapping[str, Any], settings: Mapping[str, Any]) -> bool:
+    """Whether figures recorded under the settings `recorded` hold for `settings`. A key the record lacks was added
+    to `_MEASUREMENT_KEYS` after it was written, so the figures were measured at that key's default."""
+    return {**_measurement_settings(default_compare_config()), **recorded} == settings
 
 
 @dataclasses.dataclass
@@ -141,7 +143,7 @@ def protocol_record(
     if os.path.exists(path):
         with open(path) as file:
             measured = json.load(file)
-        measured = measured if measured["settings"] == settings else None
+        measured = measured if _measured_under(measured["settings"], settings) else None
     if measured is None:
         trained = load_trained_model(run_directory.path)
         options = dict(num_draws=compare.few_shot_draws, draw_seed=compare.draw_seed)

@@ -157,9 +157,12 @@ def test_the_probe_l2_grid_is_a_non_empty_tuple_of_strengths():
             validate_config(protocol_config(probe_l2_grid=grid))
 
 
-def test_the_probe_l2_grid_keys_the_recorded_measurements_only_when_not_the_default():
+def test_measurements_recorded_before_the_probe_l2_grid_key_hold_for_the_default_grid_only():
     # Measurements recorded before the key existed used the default grid: they must stay valid, not be redone.
     compare = protocol_config().compare
-    assert "probe_l2_grid" not in protocol._measurement_settings(compare)
+    recorded_before = protocol._measurement_settings(compare)
+    del recorded_before["probe_l2_grid"]
+    assert protocol._measured_under(recorded_before, protocol._measurement_settings(compare))
     compare.probe_l2_grid = (1e-3, 1e-1)
     assert protocol._measurement_settings(compare)["probe_l2_grid"] == [1e-3, 1e-1]
+    assert not protocol._measured_under(recorded_before, protocol._measurement_settings(compare))
