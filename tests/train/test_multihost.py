@@ -57,8 +57,8 @@ CLUSTER_TIMEOUT_SECONDS = 300
 STEPS_LOGGED_BEFORE_SIGNAL = 3
 FIRST_STEPS_TIMEOUT_SECONDS = 240
 STOP_TIMEOUT_SECONDS = 120
-# The processes compile without LLVM's optimisations, as every test does (tests/conftest.py): each process compiles
-# the model's initialisation in 3 s of CPU instead of 26 and the train step in 8 instead of 15.
+# The processes compile with the cheap flags of every test (tests/conftest.py): turning off LLVM's optimisations
+# alone took each process's compilation of the model's initialisation from 26 s of CPU to 3.
 # The 8-way sums run in another order across processes (gloo) than in one: leaves agree to the rounding bound
 # of tests/train/helpers.py (`rounding_bound`, `CANCELLATION_ALLOWANCE`), derived, not measured on one host.
 
