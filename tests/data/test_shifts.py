@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hrrl_jax.data import KNOWN_SHIFTS, apply_shift, load_split
+from hrrl_jax.data import KNOWN_SHIFTS, apply_shift, image_ops, load_split, shifts
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,19 @@ def test_shift_values():
     square[0, 4, 1:8] = 255  # a horizontal bar becomes a tilted one
     rotated = apply_shift(square, "rotate30", seed=0)[0, :, :, 0]
     assert rotated[4, 4] > 200 and rotated[4, 1] < 128 and rotated[4, 7] < 128
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_low_resolution_block_means_are_the_padded_block_means_to_the_bit(factor):
+    """The matrix-product block means equal the mean of each edge-replicated factor x factor block exactly, for
+    sides that the factor divides and sides it does not."""
+    images = np.random.default_rng(factor).integers(0, 256, (3, 30, 33, 3)).astype(np.uint8)
+    pad_h, pad_w = (-30) % factor, (-33) % factor
+    padded = np.pad(images.astype(np.float32), ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    n, height, width, channels = padded.shape
+    blocks = padded.reshape(n, height // factor, factor, width // factor, factor, channels)
+    expected = image_ops.resize_bilinear(blocks.mean(axis=(2, 4)), 30, 33)
+    np.testing.assert_array_equal(shifts._restore_low_resolution(images, factor), expected)
 
 
 def test_unknown_shift_and_wrong_dtype():

@@ -1,18 +1,14 @@
 """One process of the two-process training tests (test_multihost.py): join the cluster, then train.
 
     python -m tests.train.multihost_worker --coordinator_address 127.0.0.1:PORT --num_processes 2 \
-        --process_id I --workdir SHARED_DIR --output_dir OUT [--mode resume|train]
+        --process_id I --workdir SHARED_DIR --output_dir OUT [--restore_final]
 
-Every process runs the same commands on its own fake CPU devices (XLA_FLAGS set by the caller).
-
-`--mode resume` (the default): the real `train_and_evaluate` stops at step 2 with an Orbax checkpoint, a
-second call restores it and trains to the end, then the final checkpoint is restored once more into this
-process's sharded state. The process writes `OUT/process_I.npz` (every leaf of that restored state, keyed by
-its path) and `OUT/process_I.json` (what it saw of the cluster) for the test to compare with a single process.
-
-`--mode train`: one call of `train_and_evaluate` on the longer `preemption_config()` run (resuming from the
-workdir's latest checkpoint if there is one), for the test to stop with a signal; `OUT/process_I.json` holds
-what the call returned.
+Every process runs the same commands on its own fake CPU devices (XLA_FLAGS set by the caller): one call of
+the real `train_and_evaluate` on `multihost_config()` (resuming from the workdir's latest checkpoint if there is
+one), which the test may stop with a signal; `OUT/process_I.json` holds what the call returned. With
+`--restore_final`, the final checkpoint is then restored into a fresh run's sharded state, as a resumed job builds
+it: `OUT/process_I.npz` holds every leaf of that state (keyed by its path) and `OUT/process_I_view.json` what the
+process saw of the cluster, for the test to compare with a single process.
 """
 
 from __future__ import annotations
@@ -32,16 +28,16 @@ from hrrl_jax.train.state import TrainState, abstract_train_state
 from hrrl_jax.workdir.checkpoints import Checkpointer
 from tests.train.helpers import tiny_config
 
-TOTAL_STEPS = 4
-INTERRUPT_AT_STEP = 2
 # The preemption test signals after 3 logged steps; the stop comes at JAX's preemption sync point, the step after
 # the furthest one a process has reached when the notice spreads (a step or two later at about 1 s per step on 2
 # CPU cores). 20 leaves room for a slow machine and keeps the interrupted, resumed and reference runs short.
-PREEMPTION_TOTAL_STEPS = 20
+TOTAL_STEPS = 20
 
 
 def multihost_config() -> ml_collections.ConfigDict:
-    """The tiny HRRL run that both the two-process cluster and the single-process reference train."""
+    """The tiny HRRL run that the interrupted, resumed and uninterrupted clusters and the single-process reference
+    all train (the same total_steps, hence the same LR schedule), with a metrics line every step: the test waits
+    for a few lines of metrics.jsonl before it sends the signal."""
     # Learning rate 0.01 and the two-pass BatchNorm variance: tiny BatchNorm nets amplify the rounding
     # differences of another reduction order, E[x²] - E[x]² most (see test_eight_devices_match_one_device).
     return tiny_config(
@@ -49,20 +45,8 @@ def multihost_config() -> ml_collections.ConfigDict:
         optimizer__learning_rate=0.01,
         model__batch_norm_variance="two_pass",
         total_steps=TOTAL_STEPS,
-        log_every_steps=2,
+        log_every_steps=1,
     )
-
-
-def preemption_config() -> ml_collections.ConfigDict:
-    """The run that `--mode train` trains: the multi-host run made longer, with a metrics line every step.
-
-    The test stops it with SIGTERM, resumes it and compares it with an uninterrupted run, so interrupted,
-    resumed and reference runs all use this one config (the same total_steps, hence the same LR schedule).
-    """
-    config = multihost_config()
-    config.total_steps = PREEMPTION_TOTAL_STEPS
-    config.log_every_steps = 1  # The test waits for a few lines of metrics.jsonl before it sends the signal.
-    return config
 
 
 def restore_final_state(workdir: str, template: TrainState) -> TrainState:
@@ -90,10 +74,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--workdir", required=True, help="Work directory shared by all processes.")
     parser.add_argument("--output_dir", required=True, help="Where process_I.npz and process_I.json go.")
     parser.add_argument(
-        "--mode",
-        choices=("resume", "train"),
-        default="resume",
-        help="resume: interrupt at step 2, resume, restore; train: one train_and_evaluate of preemption_config().",
+        "--restore_final",
+        action="store_true",
+        help="After training, restore the final checkpoint and write process_I.npz and process_I_view.json.",
     )
     return parser.parse_args()
 
@@ -107,26 +90,18 @@ def main() -> None:
         process_id=arguments.process_id,
         initialization_timeout=120,
     )
-    if arguments.mode == "train":
-        train_once(arguments.workdir, arguments.output_dir)
-    else:
-        interrupt_resume_restore(arguments.workdir, arguments.output_dir)
+    results = train_and_evaluate(multihost_config(), arguments.workdir)
+    prefix = os.path.join(arguments.output_dir, f"process_{jax.process_index()}")
+    with open(prefix + ".json", "w") as file:
+        json.dump(results, file)
+    if arguments.restore_final:
+        restore_and_describe(arguments.workdir, prefix)
     jax.distributed.shutdown()
 
 
-def train_once(workdir: str, output_dir: str) -> None:
-    """One `train_and_evaluate` of `preemption_config()`; writes what it returned to OUT/process_I.json."""
-    results = train_and_evaluate(preemption_config(), workdir)
-    with open(os.path.join(output_dir, f"process_{jax.process_index()}.json"), "w") as file:
-        json.dump(results, file)
-
-
-def interrupt_resume_restore(workdir: str, output_dir: str) -> None:
-    """Stops at INTERRUPT_AT_STEP, resumes to TOTAL_STEPS, restores the final checkpoint; writes what it saw."""
-    config = multihost_config()
-    interrupted = train_and_evaluate(config, workdir, stop_at_step=INTERRUPT_AT_STEP)
-    results = train_and_evaluate(config, workdir)
-    run = build_run(config)  # A fresh run on all devices of all processes, as a resumed job builds it.
+def restore_and_describe(workdir: str, prefix: str) -> None:
+    """Restores the final checkpoint into a fresh run's sharded state; writes its leaves and the cluster view."""
+    run = build_run(multihost_config())  # A fresh run on all devices of all processes, as a resumed job builds it.
     state = restore_final_state(workdir, abstract_train_state(run.trainer.state))
     cluster_view = {
         "process_index": jax.process_index(),
@@ -135,13 +110,9 @@ def interrupt_resume_restore(workdir: str, output_dir: str) -> None:
         "local_device_count": jax.local_device_count(),
         "state_device_count": len(jax.tree_util.tree_leaves(state.params)[0].sharding.device_set),
         "local_batch_size": run.train_pipeline.local_batch_size,
-        "interrupted": interrupted,
-        "final_step": results["step"],
-        "test_accuracy": results["test_accuracy"],
     }
-    prefix = os.path.join(output_dir, f"process_{jax.process_index()}")
     np.savez(prefix + ".npz", **flatten_by_path(state))
-    with open(prefix + ".json", "w") as file:
+    with open(prefix + "_view.json", "w") as file:
         json.dump(cluster_view, file)
 
 

@@ -8,7 +8,8 @@ of the reweighting state inside opt_state) and checkpoint must match a single pr
 A preemption signal reaches one host of a real cluster first: SIGTERM to process 1 alone goes to JAX's
 preemption service (the package installs no SIGTERM handler of its own there), which must stop both processes
 after the same step, its sync point, with one checkpoint; resuming from it must end bit-identical to an
-uninterrupted two-process run.
+uninterrupted two-process run, which in turn must match one process with 8 devices (one test: the uninterrupted
+cluster serves both comparisons).
 """
 
 from __future__ import annotations
@@ -40,14 +41,7 @@ from tests.train.helpers import (
     relative_deviation,
     rounding_bound,
 )
-from tests.train.multihost_worker import (
-    INTERRUPT_AT_STEP,
-    PREEMPTION_TOTAL_STEPS,
-    TOTAL_STEPS,
-    flatten_by_path,
-    multihost_config,
-    restore_final_state,
-)
+from tests.train.multihost_worker import TOTAL_STEPS, flatten_by_path, multihost_config, restore_final_state
 
 NUM_PROCESSES = 2
 DEVICES_PER_PROCESS = 4
@@ -241,59 +235,10 @@ def assert_trees_close(reference: dict[str, np.ndarray], candidate: dict[str, np
 
 @pytest.mark.slow
 @requires_gloo
-def test_two_processes_match_one_process_with_eight_devices(tmp_path):
-    assert jax.device_count() == NUM_PROCESSES * DEVICES_PER_PROCESS
-    config = multihost_config()
-    reference_workdir = str(tmp_path / "one_process")
-    reference_results = train_and_evaluate(config, reference_workdir)
-    reference_template = abstract_train_state(build_run(config).trainer.state)
-    reference_state = flatten_by_path(restore_final_state(reference_workdir, reference_template))
-
-    cluster_workdir, output_dir = tmp_path / "two_processes", tmp_path / "outputs"
-    output_dir.mkdir()
-    run_cluster(str(cluster_workdir), str(output_dir), str(tmp_path))
-
-    for process_index in range(NUM_PROCESSES):
-        with open(output_dir / f"process_{process_index}.json") as file:
-            view = json.load(file)
-        assert view == {
-            "process_index": process_index,
-            "process_count": NUM_PROCESSES,
-            "device_count": NUM_PROCESSES * DEVICES_PER_PROCESS,
-            "local_device_count": DEVICES_PER_PROCESS,
-            "state_device_count": NUM_PROCESSES * DEVICES_PER_PROCESS,
-            "local_batch_size": config.batch_size // NUM_PROCESSES,
-            "interrupted": {
-                "step": INTERRUPT_AT_STEP,
-                "interrupted": True,
-                "status": "interrupted",
-                "reason": f"stop_at_step={INTERRUPT_AT_STEP}",
-            },
-            "final_step": TOTAL_STEPS,
-            "test_accuracy": pytest.approx(reference_results["test_accuracy"], abs=1e-6),
-        }
-        with np.load(output_dir / f"process_{process_index}.npz") as restored:
-            cluster_state = dict(restored)
-        assert_trees_close(reference_state, cluster_state, f"state restored by process {process_index}")
-        concept_losses = [path for path in cluster_state if "concept_losses" in path]
-        assert concept_losses and all(np.any(cluster_state[path] != 0) for path in concept_losses)
-
-    # The checkpoint the two processes wrote together, read back without either of them.
-    reference_checkpoint = read_checkpoint_state(reference_workdir, TOTAL_STEPS)
-    cluster_checkpoint = read_checkpoint_state(str(cluster_workdir), TOTAL_STEPS)
-    assert_trees_close(flatten_by_path(reference_checkpoint), flatten_by_path(cluster_checkpoint), "checkpoint")
-    assert sorted(os.listdir(cluster_workdir / "checkpoints")) == [str(INTERRUPT_AT_STEP), str(TOTAL_STEPS)]
-    assert _logged_steps(cluster_workdir) == _logged_steps(reference_workdir) == [INTERRUPT_AT_STEP, TOTAL_STEPS]
-    with open(cluster_workdir / "results.json") as file:
-        assert json.load(file)["test_accuracy"] == pytest.approx(reference_results["test_accuracy"], abs=1e-6)
-
-
-@pytest.mark.slow
-@requires_gloo
-def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+def test_sigterm_to_one_process_stops_both_at_the_same_step_and_two_processes_match_one(tmp_path):
     workdir, reference_workdir = tmp_path / "preempted", tmp_path / "uninterrupted"
     interrupted_outputs, interrupted_logs = _launch_directories(tmp_path, "interrupted")
-    with started_cluster(workdir, interrupted_outputs, interrupted_logs, "--mode", "train") as cluster:
+    with started_cluster(workdir, interrupted_outputs, interrupted_logs) as cluster:
         wait_for_logged_steps(cluster, workdir, STEPS_LOGGED_BEFORE_SIGNAL, FIRST_STEPS_TIMEOUT_SECONDS)
         cluster.processes[1].send_signal(signal.SIGTERM)  # Process 0 gets no signal: it must learn of it.
         cluster.wait(STOP_TIMEOUT_SECONDS)
@@ -302,12 +247,12 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
     if not all(output.get("interrupted") for output in interrupted):
         pytest.fail(
             f"The run was not interrupted (the processes returned {interrupted}): it reached total_steps="
-            f"{PREEMPTION_TOTAL_STEPS} before the stop was agreed; raise PREEMPTION_TOTAL_STEPS in the worker."
+            f"{TOTAL_STEPS} before the stop was agreed; raise TOTAL_STEPS in the worker."
         )
     stop_step = interrupted[0]["step"]
     statuses = [(output["step"], output["status"]) for output in interrupted]
     assert statuses == [(stop_step, "interrupted")] * NUM_PROCESSES
-    assert STEPS_LOGGED_BEFORE_SIGNAL < stop_step < PREEMPTION_TOTAL_STEPS
+    assert STEPS_LOGGED_BEFORE_SIGNAL < stop_step < TOTAL_STEPS
     assert sorted(os.listdir(workdir / "checkpoints")) == [str(stop_step)]
     assert _logged_steps(workdir) == list(range(1, stop_step + 1))
     for process_index in range(NUM_PROCESSES):  # JAX's handler took the signal: both learn it at the sync point.
@@ -318,19 +263,55 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
 
     # The same command again resumes from the checkpoint and finishes the run.
     resumed_outputs, resumed_logs = _launch_directories(tmp_path, "resumed")
-    run_cluster(workdir, resumed_outputs, resumed_logs, "--mode", "train")
+    run_cluster(workdir, resumed_outputs, resumed_logs)
     for process_index in range(NUM_PROCESSES):
         assert f"Resuming from the checkpoint at step {stop_step}" in _read_log(resumed_logs, process_index)
     resumed = _read_process_outputs(resumed_outputs)
-    assert [output["step"] for output in resumed] == [PREEMPTION_TOTAL_STEPS] * NUM_PROCESSES
-    assert sorted(os.listdir(workdir / "checkpoints"), key=int) == [str(stop_step), str(PREEMPTION_TOTAL_STEPS)]
+    assert [output["step"] for output in resumed] == [TOTAL_STEPS] * NUM_PROCESSES
+    assert sorted(os.listdir(workdir / "checkpoints"), key=int) == [str(stop_step), str(TOTAL_STEPS)]
 
     reference_outputs, reference_logs = _launch_directories(tmp_path, "reference")
-    run_cluster(reference_workdir, reference_outputs, reference_logs, "--mode", "train")
+    run_cluster(reference_workdir, reference_outputs, reference_logs, "--restore_final")
     assert_trees_equal(
-        read_checkpoint_state(str(reference_workdir), PREEMPTION_TOTAL_STEPS),
-        read_checkpoint_state(str(workdir), PREEMPTION_TOTAL_STEPS),
+        read_checkpoint_state(str(reference_workdir), TOTAL_STEPS), read_checkpoint_state(str(workdir), TOTAL_STEPS)
     )
     assert resumed == _read_process_outputs(reference_outputs)  # The final evaluation, to the last bit.
-    assert _logged_steps(workdir) == _logged_steps(reference_workdir) == list(range(1, PREEMPTION_TOTAL_STEPS + 1))
+    assert _logged_steps(workdir) == _logged_steps(reference_workdir) == list(range(1, TOTAL_STEPS + 1))
     assert _logged_losses(workdir) == _logged_losses(reference_workdir)
+
+    assert_two_processes_match_one_process(reference_workdir, reference_outputs, tmp_path / "one_process")
+
+
+def assert_two_processes_match_one_process(cluster_workdir, cluster_outputs: str, reference_workdir) -> None:
+    """The uninterrupted cluster's run (each process's view of the cluster and restored state, their joint
+    checkpoint, the evaluation) against the same run in this process on its 8 devices."""
+    assert jax.device_count() == NUM_PROCESSES * DEVICES_PER_PROCESS
+    config = multihost_config()
+    reference_results = train_and_evaluate(config, str(reference_workdir))
+    reference_template = abstract_train_state(build_run(config).trainer.state)
+    reference_state = flatten_by_path(restore_final_state(str(reference_workdir), reference_template))
+    for process_index, results in enumerate(_read_process_outputs(cluster_outputs)):
+        with open(os.path.join(cluster_outputs, f"process_{process_index}_view.json")) as file:
+            view = json.load(file)
+        assert view == {
+            "process_index": process_index,
+            "process_count": NUM_PROCESSES,
+            "device_count": NUM_PROCESSES * DEVICES_PER_PROCESS,
+            "local_device_count": DEVICES_PER_PROCESS,
+            "state_device_count": NUM_PROCESSES * DEVICES_PER_PROCESS,
+            "local_batch_size": config.batch_size // NUM_PROCESSES,
+        }
+        assert results["test_accuracy"] == pytest.approx(reference_results["test_accuracy"], abs=1e-6)
+        with np.load(os.path.join(cluster_outputs, f"process_{process_index}.npz")) as restored:
+            cluster_state = dict(restored)
+        assert_trees_close(reference_state, cluster_state, f"state restored by process {process_index}")
+        concept_losses = [path for path in cluster_state if "concept_losses" in path]
+        assert concept_losses and all(np.any(cluster_state[path] != 0) for path in concept_losses)
+    # The checkpoint the two processes wrote together, read back without either of them.
+    reference_checkpoint = read_checkpoint_state(str(reference_workdir), TOTAL_STEPS)
+    cluster_checkpoint = read_checkpoint_state(str(cluster_workdir), TOTAL_STEPS)
+    assert_trees_close(flatten_by_path(reference_checkpoint), flatten_by_path(cluster_checkpoint), "checkpoint")
+    assert sorted(os.listdir(os.path.join(cluster_workdir, "checkpoints"))) == [str(TOTAL_STEPS)]
+    assert _logged_steps(cluster_workdir) == _logged_steps(reference_workdir)
+    with open(os.path.join(cluster_workdir, "results.json")) as file:
+        assert json.load(file)["test_accuracy"] == pytest.approx(reference_results["test_accuracy"], abs=1e-6)
