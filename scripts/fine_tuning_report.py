@@ -11,13 +11,14 @@ paired over seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from hrrl_jax.evaluate.report import render_report
+from hrrl_jax.workdir import WorkDir
+from hrrl_jax.workdir.layout import RESULTS
 
 # (run directory prefix, label), in the README's order.
 ARMS = (
@@ -34,13 +35,14 @@ def fine_tuning_records(runs_directory: str, seeds: Sequence[int]) -> list[dict[
     records = []
     for prefix, label in ARMS:
         for seed in seeds:
-            path = os.path.join(runs_directory, f"{prefix}_s{seed}", "results.json")
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"{path} is missing: train that run with the README's command first.")
-            with open(path) as file:
-                results = json.load(file)
-            if results.get("status") != "finished":
-                raise ValueError(f"{path}: the run is {results.get('status')!r}, not finished; rerun its command.")
+            run_directory = WorkDir(os.path.join(runs_directory, f"{prefix}_s{seed}"))
+            path = run_directory.file(RESULTS)
+            results = run_directory.read_results()
+            if results is None:
+                status = run_directory.read_status()
+                if status is None:
+                    raise FileNotFoundError(f"{path} is missing: train that run with the README's command first.")
+                raise ValueError(f"{path}: the run is {status.get('status')!r}, not finished; rerun its command.")
             records.append({"method": label, "seed": seed, "source": results})
     return records
 

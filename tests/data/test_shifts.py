@@ -52,8 +52,8 @@ def test_shift_values():
 
 @pytest.mark.parametrize("factor", [2, 4])
 def test_low_resolution_block_means_are_the_padded_block_means_to_the_bit(factor):
-    """The matrix-product block means equal the mean of each edge-replicated factor x factor block exactly, for
-    sides that the factor divides and sides it does not."""
+    """The integer block sums, divided once, equal the float mean of each edge-replicated factor x factor block
+    exactly, for sides that the factor divides and sides it does not."""
     images = np.random.default_rng(factor).integers(0, 256, (3, 30, 33, 3)).astype(np.uint8)
     pad_h, pad_w = (-30) % factor, (-33) % factor
     padded = np.pad(images.astype(np.float32), ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")

@@ -72,7 +72,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--num_processes", type=int, required=True)
     parser.add_argument("--process_id", type=int, required=True)
     parser.add_argument("--workdir", required=True, help="Work directory shared by all processes.")
-    parser.add_argument("--output_dir", required=True, help="Where process_I.npz and process_I.json go.")
+    parser.add_argument("--output_dir", required=True, help="Where the process_I.* outputs go.")
     parser.add_argument(
         "--restore_final",
         action="store_true",
