@@ -2,19 +2,14 @@
 
 import os
 import tempfile
-from importlib import metadata
 
-from packaging.version import Version
-
-# The tests' tiny models spend far more time compiling than running, so they compile cheaply; the XLA program (HLO)
-# is the same, only the CPU code generated for it differs. LLVM's optimisations are off
-# (tests/train/test_accumulation.py: 296 s of CPU with them, 139 s without), and fusions are emitted by XLA's older
-# LLVM emitters instead of the MLIR fusion emitters (the tiny HRRL train step on 8 devices compiles in 2.6 s of CPU
-# instead of 8.1, ERM's in 1.8 instead of 5.5; the whole suite took 16 min 22 s instead of 20 min 10 s). The
-# subprocess tests pass these flags on. jaxlib 0.11 and later keep only the fusion emitters and reject the flag.
+# The tests' tiny models spend far more time compiling than running, so they compile without LLVM's optimisations
+# (tests/train/test_accumulation.py: 296 s of CPU with them, 139 s without); the XLA program (HLO) is the same, only
+# the CPU code generated for it differs. The subprocess tests pass these flags on. XLA's older fusion emitters
+# (jaxlib 0.10's --xla_cpu_use_fusion_emitters=false) compiled 3 x faster but are not usable: their executables,
+# read back from the compilation cache into a process that has read others, deadlocked the 8 devices' all-reduces
+# (half the devices waited at one collective, half at another, until XLA aborted the process).
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
-if Version(metadata.version("jaxlib")) < Version("0.11"):
-    TEST_XLA_FLAGS += " --xla_cpu_use_fusion_emitters=false"
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests build the same tiny models many times (in-process and in launch.py subprocesses): compile each once, however

@@ -178,9 +178,9 @@ def test_the_train_step_is_traced_once(monkeypatch):
 
 # XLA's CPU code restricted to SSE4.2 sums in another order than the AVX-512 (or AVX2) code of a current CPU: the
 # 3-step HRRL run's loss differs in its last bits (1 device: 2.1260669 against 2.1260633; 8 devices: 2.1260562
-# against 2.1260552; compiled as every test is, tests/conftest.py). AVX2 gave the same bits as AVX-512 on the 2-core
-# Xeon, so it tested no other order there; SSE4.2, the oldest level XLA accepts, is the furthest from the code a
-# current CPU runs.
+# against 2.1260552; without LLVM's optimisations, as every test compiles). AVX2 gave the same bits as AVX-512 on
+# the 2-core Xeon, so it tested no other order there; SSE4.2, the oldest level XLA accepts, is the furthest from the
+# code a current CPU runs.
 OLDER_INSTRUCTION_SET = "SSE4_2"
 
 
