@@ -10,9 +10,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import checkify
 
-from hrrl_jax.robust._checks import concrete_value
+from hrrl_jax.robust._checks import concrete_value, debug_check
 from hrrl_jax.robust._sharding import replicated
 
 OUT_OF_RANGE = -1
@@ -66,5 +65,5 @@ def ids_in_range(ids: Any, size: int, *, name: str, fix: str) -> jax.Array:
     in_range = (ids >= 0) & (ids < size)
     if concrete is None:
         first_outside = ids.ravel()[jnp.argmin(in_range.ravel())]
-        checkify.debug_check(jnp.all(in_range), f"{name} contains {{}} outside [0, {size}): {fix}", first_outside)
+        debug_check(jnp.all(in_range), f"{name} contains {{}} outside [0, {size}): {fix}", first_outside)
     return in_range

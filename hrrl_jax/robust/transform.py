@@ -19,10 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import checkify
 
 from hrrl_jax.robust._batch import OUT_OF_RANGE, per_example_concepts
-from hrrl_jax.robust._checks import concrete_value
+from hrrl_jax.robust._checks import concrete_value, debug_check
 from hrrl_jax.robust._fingerprint import mismatch_message
 from hrrl_jax.robust._sharding import gather_batch, local_part
 from hrrl_jax.robust.concept_level import Divergence, concept_best_response
@@ -353,7 +352,7 @@ def _settings_match(state: HierarchicalReweightingState) -> jax.Array:
             raise ValueError(mismatch_message(saved, expected))
         return jnp.bool_(True)
     matches = jnp.all(state.settings_fingerprint == jnp.asarray(expected))
-    checkify.debug_check(
+    debug_check(
         matches,
         "the hierarchical_reweighting state was saved by a transform with other settings; read it outside jit "
         "(robust.find_reweighting_state) to see which, or call robust.adopt_settings(opt_state).",

@@ -52,6 +52,33 @@ def test_a_concept_map_shorter_than_the_labels_is_refused_not_clamped():
         loss_weights(tx.init({}), labels, per_example_loss=jnp.ones(3), features=jnp.ones((3, 2)))
 
 
+def test_the_checks_trace_to_the_same_program_every_time_and_keep_their_own_messages():
+    """jax before 0.11 numbers checkify checks from a process-wide counter that lands in the program even where
+    checkify is off: each trace of the same step was another program, a persistent compilation cache miss."""
+    tx = hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="kl", lam=0.5)
+    state = _advanced_state(tx)
+    loss, labels, features = random_batch(5)
+
+    def make_step(callers_check: bool):  # A new function each time: jit traces it anew.
+        def step(state, labels):
+            if callers_check:  # Numbered by jax's counter: another constant on each trace.
+                checkify.debug_check(labels[0] >= 0, "the caller's own check")
+            weights = loss_weights(state, labels, per_example_loss=loss, features=features)
+            return weights, tx.update({}, state, per_example_loss=loss, labels=labels, features=features)[1]
+
+        return step
+
+    programs = [jax.jit(make_step(False)).lower(state, labels).as_text(debug_info=False) for _ in range(3)]
+    assert programs[0] == programs[1] == programs[2]
+    checked = checkify.checkify(jax.jit(make_step(True)), errors=checkify.user_checks)
+    error, _ = checked(state, labels.at[7].set(10))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"labels contains 10 outside \[0, 6\)"):
+        error.throw()
+    error, _ = checked(state, labels.at[0].set(-1))  # Both checks fail: the caller's, first, is reported.
+    with pytest.raises(checkify.JaxRuntimeError, match="the caller's own check"):
+        error.throw()
+
+
 def test_under_jit_an_out_of_range_label_is_a_checkify_error_and_otherwise_skips_the_update():
     tx = hierarchical_reweighting(CONCEPT_OF_CLASS, CONCEPT_SIZES, divergence="kl", lam=0.5)
     state = _advanced_state(tx)
