@@ -56,12 +56,12 @@ def debug_check(pred: Any, message: str, *fmt_args: Any) -> None:
     programs, and the persistent compilation cache never hit. A code derived from the message keeps the program the
     same; newer jax (no counter) numbers checks itself and is called as is.
     """
-    counter = getattr(checkify_internals, "next_code", None)
-    if counter is None:
+    if not hasattr(checkify_internals, "next_code"):
         checkify.debug_check(pred, message, *fmt_args)
         return
     code = _CODE_BASE | (zlib.crc32(message.encode()) & (_CODE_BASE - 1))
-    with _code_swap:
+    with _code_swap:  # Read and put back under the lock: a concurrent call must never keep another's stand-in.
+        counter = checkify_internals.next_code
         checkify_internals.next_code = lambda: code
         try:
             checkify.debug_check(pred, message, *fmt_args)
