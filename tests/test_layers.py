@@ -47,7 +47,8 @@ for module in {modules!r}:
     if os.fork() == 0:
         os.close(read_end)
         importlib.import_module(module)
-        os.write(write_end, json.dumps(sorted(sys.modules)).encode())
+        with os.fdopen(write_end, "w") as pipe:  # A file's write loops: one os.write may stop at 64 KiB.
+            pipe.write(json.dumps(sorted(sys.modules)))
         os._exit(0)
     os.close(write_end)
     with os.fdopen(read_end) as pipe:

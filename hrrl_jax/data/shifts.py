@@ -18,6 +18,10 @@ from hrrl_jax.data import image_ops
 from hrrl_jax.schema import KNOWN_SHIFTS
 
 _NOISE_STD = 0.1 * 255.0
+# Images shifted at a time: a batch of 512 stored 256-px ImageNet squares has float32 intermediates of 400 MB that
+# miss every cache and fault in fresh pages; 16 at a time reuse a few MB (lowres4 on one core: 5.27 ms an image in
+# a first call of 512, 1.45 16 at a time, the same bytes out; BENCHMARKS.md, benchmarks/shift_throughput.py).
+_IMAGES_AT_A_TIME = 16
 
 
 def _restore_low_resolution(images: np.ndarray, factor: int) -> np.ndarray:
@@ -74,18 +78,27 @@ def apply_shift(images: np.ndarray, shift: str, *, seed: int, example_ids: np.nd
     images = np.asarray(images)
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ValueError(f"apply_shift expects uint8 images [N, H, W, C]; got {images.dtype} of shape {images.shape}.")
+    if shift != "noise" and shift not in _DETERMINISTIC_SHIFTS:
+        raise ValueError(f"unknown shift {shift!r}; known shifts: {', '.join(KNOWN_SHIFTS)}.")
+    ids = np.arange(len(images)) if example_ids is None else np.asarray(example_ids)
+    if shift == "noise" and ids.shape != (len(images),):
+        raise ValueError(f"example_ids has shape {ids.shape}; expected ({len(images)},).")
+    shifted = np.empty(images.shape, np.uint8)
+    for start in range(0, len(images), _IMAGES_AT_A_TIME):
+        rows = slice(start, start + _IMAGES_AT_A_TIME)
+        shifted[rows] = _shifted_uint8(images[rows], shift, seed, ids[rows])
+    return shifted
+
+
+def _shifted_uint8(images: np.ndarray, shift: str, seed: int, example_ids: np.ndarray) -> np.ndarray:
+    """`apply_shift` of a few images: the shift in float32, rounded and clipped in place."""
     if shift == "noise":
-        ids = np.arange(len(images)) if example_ids is None else np.asarray(example_ids)
-        if ids.shape != (len(images),):
-            raise ValueError(f"example_ids has shape {ids.shape}; expected ({len(images)},).")
-        noise = (
-            np.stack([np.random.default_rng([seed, int(i)]).normal(0.0, _NOISE_STD, images.shape[1:]) for i in ids])
-            if len(images)
-            else np.zeros(images.shape)
+        noise = np.stack(
+            [np.random.default_rng([seed, int(i)]).normal(0.0, _NOISE_STD, images.shape[1:]) for i in example_ids]
         )
         shifted = images.astype(np.float32) + noise.astype(np.float32)
-    elif shift in _DETERMINISTIC_SHIFTS:
-        shifted = _DETERMINISTIC_SHIFTS[shift](images)
     else:
-        raise ValueError(f"unknown shift {shift!r}; known shifts: {', '.join(KNOWN_SHIFTS)}.")
-    return np.clip(np.rint(shifted), 0, 255).astype(np.uint8)
+        shifted = np.asarray(_DETERMINISTIC_SHIFTS[shift](images), np.float32)
+    np.rint(shifted, out=shifted)
+    np.clip(shifted, 0, 255, out=shifted)
+    return shifted.astype(np.uint8)

@@ -65,7 +65,8 @@ def prefetched(
     finally:
         iterator.close()
         del iterator
-        _release_shared_memory()
+        if num_workers:  # Only workers' batches live in shared memory; a full collection costs ~0.1-1 s.
+            _release_shared_memory()
 
 
 def _mark_absl_flags_parsed() -> None:

@@ -37,6 +37,20 @@ def test_noise_depends_on_seed_and_not_on_batching(digits_test_images):
     assert abs(residual[interior].std() - 25.5) < 2.5
 
 
+@pytest.mark.parametrize("shift", KNOWN_SHIFTS)
+def test_every_shift_gives_each_image_the_same_bytes_whatever_the_batch(digits_test_images, shift):
+    """A split shifted whole, in batches of 7 or one image at a time reads the same bytes (apply_shift works
+    through a batch a few images at a time; a batch's size must not change an image's rounding)."""
+    ids = np.arange(len(digits_test_images))
+    whole = apply_shift(digits_test_images, shift, seed=1)
+    for size in (7, 1):
+        batches = [
+            apply_shift(digits_test_images[start : start + size], shift, seed=1, example_ids=ids[start : start + size])
+            for start in range(0, len(ids), size)
+        ]
+        np.testing.assert_array_equal(np.concatenate(batches), whole, err_msg=f"{shift} in batches of {size}")
+
+
 def test_shift_values():
     constant = np.full((2, 8, 8, 1), 100, np.uint8)
     for shift in ("lowres2", "lowres4", "blur"):
