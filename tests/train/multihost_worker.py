@@ -29,9 +29,9 @@ from hrrl_jax.workdir.checkpoints import Checkpointer
 from tests.train.helpers import tiny_config
 
 # The preemption test signals after 3 logged steps; the stop comes at JAX's preemption sync point, the step after
-# the furthest one a process has reached when the notice spreads (a step or two later at about 1 s per step on 2
-# CPU cores). 20 leaves room for a slow machine and keeps the interrupted, resumed and reference runs short.
-TOTAL_STEPS = 20
+# the furthest one a process has reached when the notice spreads (step 5 here, at 0.5 to 1 s per step on 2 CPU
+# cores). 10 leaves 4 steps of room and keeps the interrupted, resumed and reference runs short.
+TOTAL_STEPS = 10
 
 
 def multihost_config() -> ml_collections.ConfigDict:
