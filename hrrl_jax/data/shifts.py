@@ -80,8 +80,8 @@ def apply_shift(images: np.ndarray, shift: str, *, seed: int, example_ids: np.nd
         raise ValueError(f"apply_shift expects uint8 images [N, H, W, C]; got {images.dtype} of shape {images.shape}.")
     if shift != "noise" and shift not in _DETERMINISTIC_SHIFTS:
         raise ValueError(f"unknown shift {shift!r}; known shifts: {', '.join(KNOWN_SHIFTS)}.")
-    ids = np.arange(len(images)) if example_ids is None else np.asarray(example_ids)
-    if shift == "noise" and ids.shape != (len(images),):
+    ids = np.arange(len(images)) if example_ids is None or shift != "noise" else np.asarray(example_ids)
+    if ids.shape != (len(images),):
         raise ValueError(f"example_ids has shape {ids.shape}; expected ({len(images)},).")
     shifted = np.empty(images.shape, np.uint8)
     for start in range(0, len(images), _IMAGES_AT_A_TIME):
@@ -91,7 +91,8 @@ def apply_shift(images: np.ndarray, shift: str, *, seed: int, example_ids: np.nd
 
 
 def _shifted_uint8(images: np.ndarray, shift: str, seed: int, example_ids: np.ndarray) -> np.ndarray:
-    """`apply_shift` of a few images: the shift in float32, rounded and clipped in place."""
+    """`apply_shift` of a few images (`example_ids` are used by `noise` alone): the shift in float32, rounded and
+    clipped in place."""
     if shift == "noise":
         noise = np.stack(
             [np.random.default_rng([seed, int(i)]).normal(0.0, _NOISE_STD, images.shape[1:]) for i in example_ids]

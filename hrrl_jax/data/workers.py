@@ -65,7 +65,7 @@ def prefetched(
     finally:
         iterator.close()
         del iterator
-        if num_workers:  # Only workers' batches live in shared memory; a full collection costs ~0.1-1 s.
+        if num_workers:  # Only workers' batches live in shared memory: no full garbage collection without them.
             _release_shared_memory()
 
 
