@@ -78,7 +78,7 @@ def apply_shift(images: np.ndarray, shift: str, *, seed: int, example_ids: np.nd
     images = np.asarray(images)
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ValueError(f"apply_shift expects uint8 images [N, H, W, C]; got {images.dtype} of shape {images.shape}.")
-    if shift != "noise" and shift not in _DETERMINISTIC_SHIFTS:
+    if shift not in KNOWN_SHIFTS:
         raise ValueError(f"unknown shift {shift!r}; known shifts: {', '.join(KNOWN_SHIFTS)}.")
     ids = np.arange(len(images)) if example_ids is None or shift != "noise" else np.asarray(example_ids)
     if ids.shape != (len(images),):
